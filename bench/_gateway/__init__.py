@@ -1,0 +1,1 @@
+"""Helpers of the gateway benchmark (bench/gateway.py): fake upstream, load generator, targets."""

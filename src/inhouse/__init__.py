@@ -1,0 +1,5 @@
+"""inhouse: a self-hosted generative-AI platform."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

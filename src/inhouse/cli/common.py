@@ -1,0 +1,66 @@
+"""What every CLI command shares: settings, the control plane, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from inhouse.config import Settings, load_settings
+from inhouse.errors import InhouseError
+from inhouse.gateway.services import Control, open_control
+
+console = Console()
+error_console = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str) -> typer.Exit:
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=1)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise fail(f"invalid configuration {where}: {first['msg']}") from None
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@contextmanager
+def control_plane() -> Iterator[Control]:
+    """Open the store for an admin command; user mistakes become one line and exit 1."""
+    settings = settings_or_exit()
+    try:
+        control = open_control(settings)
+    except InhouseError as exc:
+        raise fail(exc.message) from None
+    announce_bootstrap(control)
+    try:
+        yield control
+    except InhouseError as exc:
+        raise fail(exc.message) from None
+    finally:
+        control.db.dispose()
+
+
+def announce_bootstrap(control: Control) -> None:
+    if control.admin_key_written is not None:
+        error_console.print(
+            "First start: created the platform tenant; its admin key is in "
+            f"{control.admin_key_written.resolve()} (readable only by you).",
+            highlight=False,
+        )

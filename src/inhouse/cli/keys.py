@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from inhouse.cli.common import console, control_plane, error_console
+from inhouse.tenancy.models import Role
+from inhouse.tenancy.service import parse_role
+
+app = typer.Typer(help="API keys: shown once at creation, stored as a hash.")
+
+
+@app.command("create")
+def create(
+    tenant: str = typer.Option(..., "--tenant", help="the tenant the key belongs to"),
+    role: str = typer.Option(
+        Role.DEVELOPER.value, "--role", help="developer, tenant-admin, auditor or platform-admin"
+    ),
+    name: str = typer.Option("", "--name", help="a label for the key"),
+) -> None:
+    """Create a key and print it; it is not shown again."""
+    with control_plane() as control:
+        info, plaintext = control.tenants.create_key(tenant, parse_role(role), name)
+    typer.echo(plaintext)
+    error_console.print(
+        f"[dim]key {info.id} for tenant {info.tenant_name}, role {info.role.value}; "
+        "store it now, it is not shown again[/]",
+        highlight=False,
+    )
+
+
+@app.command("list")
+def list_keys(tenant: str | None = typer.Option(None, "--tenant")) -> None:
+    """List keys (never their secrets)."""
+    with control_plane() as control:
+        keys = control.tenants.list_keys(tenant)
+    table = Table("id", "prefix", "tenant", "role", "name", "created", "status")
+    for key in keys:
+        table.add_row(
+            key.id,
+            key.prefix + "…",
+            key.tenant_name,
+            key.role.value,
+            key.name,
+            f"{key.created_at:%Y-%m-%d %H:%M}",
+            "active" if key.active else "revoked",
+        )
+    console.print(table)
+
+
+@app.command("revoke")
+def revoke(key: str = typer.Argument(..., help="key id (key_…) or its shown prefix")) -> None:
+    """Revoke a key; running servers refuse it within seconds."""
+    with control_plane() as control:
+        info = control.tenants.revoke_key(key)
+    console.print(f"revoked key {info.id} of tenant {info.tenant_name}", highlight=False)

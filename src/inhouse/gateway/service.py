@@ -1,0 +1,191 @@
+"""The request lifecycle: resolve the model, generate, record. The one place that
+calls the engine, metering and metrics in order."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from inhouse.engine.base import TokenUsage, collect
+from inhouse.errors import InhouseError
+from inhouse.gateway import local_calls, remote_calls
+from inhouse.gateway.engines import EnginePool
+from inhouse.gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
+from inhouse.monitor.metrics import UNRESOLVED_MODEL, GatewayMetrics
+from inhouse.registry.models import ModelEntry
+from inhouse.tenancy.metering import UsageEvent, UsageRecorder
+from inhouse.tenancy.models import Principal
+
+CHAT_ENDPOINT = "chat.completions"
+COMPLETIONS_ENDPOINT = "completions"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonReply:
+    body: bytes
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    events: AsyncIterator[bytes]
+    request_id: str
+
+
+Reply = JsonReply | StreamReply
+
+
+class _Call:
+    """Bookkeeping of one request: recorded exactly once, whatever happens."""
+
+    def __init__(self, gateway: Gateway, principal: Principal, endpoint: str, stream: bool) -> None:
+        self._gateway = gateway
+        self._principal = principal
+        self._endpoint = endpoint
+        self._stream = stream
+        self._started = gateway.clock()
+        self._done = False
+        self.model = UNRESOLVED_MODEL
+        self.request_id = (
+            f"{'chatcmpl' if endpoint == CHAT_ENDPOINT else 'cmpl'}-{uuid.uuid4().hex}"
+        )
+        gateway.metrics.in_flight.inc()
+
+    def finish(self, status: int, usage: TokenUsage) -> None:
+        if self._done:
+            return
+        self._done = True
+        gateway = self._gateway
+        seconds = gateway.clock() - self._started
+        gateway.metrics.in_flight.dec()
+        gateway.metrics.observe(
+            endpoint=self._endpoint,
+            model=self.model,
+            status=status,
+            seconds=seconds,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
+        if self.model == UNRESOLVED_MODEL:
+            return  # nothing was generated: no usage to bill
+        gateway.recorder.record(
+            UsageEvent(
+                request_id=self.request_id,
+                created_at=datetime.now(UTC),
+                tenant_id=self._principal.tenant_id,
+                key_id=self._principal.key_id,
+                model=self.model,
+                endpoint=self._endpoint,
+                stream=self._stream,
+                status_code=status,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                latency_ms=seconds * 1000.0,
+            )
+        )
+
+
+class Gateway:
+    def __init__(
+        self,
+        engines: EnginePool,
+        recorder: UsageRecorder,
+        metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.engines = engines
+        self.recorder = recorder
+        self.metrics = metrics
+        self.clock = clock
+
+    def list_models(self, principal: Principal) -> ModelList:
+        cards = [
+            ModelCard(id=e.name, created=int(e.created_at.timestamp()), owned_by="inhouse")
+            for e in self.engines.entries()
+        ]
+        return ModelList(data=cards)
+
+    async def chat(self, principal: Principal, request: ChatCompletionRequest) -> Reply:
+        return await self._answer(principal, request, CHAT_ENDPOINT)
+
+    async def complete(self, principal: Principal, request: CompletionRequest) -> Reply:
+        return await self._answer(principal, request, COMPLETIONS_ENDPOINT)
+
+    async def _answer(
+        self,
+        principal: Principal,
+        request: ChatCompletionRequest | CompletionRequest,
+        endpoint: str,
+    ) -> Reply:
+        call = _Call(self, principal, endpoint, request.stream)
+        try:
+            entry = self.engines.resolve(request.model)
+            call.model = entry.name
+            if entry.is_local:
+                reply = await self._answer_locally(call, request, entry)
+            else:
+                reply = await self._answer_remotely(call, request, entry)
+        except InhouseError as exc:
+            call.finish(exc.status_code, TokenUsage())
+            raise
+        except BaseException:
+            call.finish(500, TokenUsage())
+            raise
+        return reply
+
+    async def _answer_locally(
+        self, call: _Call, request: ChatCompletionRequest | CompletionRequest, entry: ModelEntry
+    ) -> Reply:
+        model = entry.name
+        engine = self.engines.local(entry)
+        chat = isinstance(request, ChatCompletionRequest)
+        generation = (
+            local_calls.chat_generation(request, call.request_id)
+            if isinstance(request, ChatCompletionRequest)
+            else local_calls.completion_generation(request, call.request_id)
+        )
+        prepared = await engine.prepare(generation)
+        if request.stream:
+            events = local_calls.stream_events(
+                prepared,
+                request_id=call.request_id,
+                model=model,
+                chat=chat,
+                include_usage=request.include_usage_in_stream,
+                on_finish=call.finish,
+            )
+            return StreamReply(events, call.request_id)
+        result = await collect(prepared)
+        call.finish(200, result.usage)
+        build = local_calls.chat_body if chat else local_calls.completion_body
+        return JsonReply(build(call.request_id, model, result), call.request_id)
+
+    async def _answer_remotely(
+        self,
+        call: _Call,
+        request: ChatCompletionRequest | CompletionRequest,
+        entry: ModelEntry,
+    ) -> Reply:
+        client = self.engines.upstream(entry)
+        path = "/chat/completions" if isinstance(request, ChatCompletionRequest) else "/completions"
+        body = remote_calls.upstream_body(request, entry)
+        if request.stream:
+            upstream_events = await client.open_stream(path, body)
+            events = remote_calls.relay_stream(
+                upstream_events,
+                model=entry.name,
+                include_usage=request.include_usage_in_stream,
+                on_finish=call.finish,
+            )
+            return StreamReply(events, call.request_id)
+        payload, usage = await remote_calls.relay_json(client, path, body, entry.name)
+        call.finish(200, usage)
+        return JsonReply(payload, call.request_id)

@@ -1,0 +1,96 @@
+"""Everything a running gateway holds, built once from the settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from inhouse.config import Settings
+from inhouse.gateway.engines import EnginePool
+from inhouse.gateway.service import Gateway
+from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.registry.models import BUILTIN_MODEL_NAME, ModelRegistry
+from inhouse.security.api_keys import ApiKeyHasher
+from inhouse.security.secret_file import resolve_secret_key
+from inhouse.store.db import Database
+from inhouse.store.migrate import upgrade_to_head
+from inhouse.tenancy.auth import Authenticator
+from inhouse.tenancy.metering import UsageRecorder
+from inhouse.tenancy.service import TenantService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """The control plane: what the CLI and the admin API work on, no server needed."""
+
+    settings: Settings
+    db: Database
+    tenants: TenantService
+    registry: ModelRegistry
+    admin_key_written: Path | None = None
+
+
+def open_control(settings: Settings) -> Control:
+    """Open the store, apply migrations and, on the very first start, bootstrap it."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(settings.resolved_database_url)
+    upgrade_to_head(db.engine)
+    tenants = TenantService(db, ApiKeyHasher(resolve_secret_key(settings)))
+    registry = ModelRegistry(db)
+    written = tenants.bootstrap_platform(settings.admin_key_file)
+    if written is not None:
+        if settings.builtin_model:
+            registry.add_builtin()
+        log.info("first start: the platform admin key was written to %s", written.resolve())
+    return Control(
+        settings=settings, db=db, tenants=tenants, registry=registry, admin_key_written=written
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    control: Control
+    authenticator: Authenticator
+    engines: EnginePool
+    recorder: UsageRecorder
+    metrics: GatewayMetrics
+    gateway: Gateway
+
+    @property
+    def settings(self) -> Settings:
+        return self.control.settings
+
+    async def start(self) -> None:
+        self.recorder.start()
+        await self.engines.start()
+
+    async def close(self) -> None:
+        await self.engines.close()
+        await self.recorder.close()
+        self.control.db.dispose()
+
+    def builtin_ready(self) -> bool:
+        if not self.settings.builtin_model:
+            return True
+        engines = [e for e in self.engines.local_engines() if e.name == BUILTIN_MODEL_NAME]
+        return all(engine.ready for engine in engines)
+
+
+def build_services(settings: Settings) -> Services:
+    control = open_control(settings)
+    engines = EnginePool(control.registry, settings)
+    recorder = UsageRecorder(control.db, settings.metering)
+    metrics = GatewayMetrics()
+    return Services(
+        control=control,
+        authenticator=Authenticator(
+            control.tenants, ttl_seconds=settings.gateway.auth_cache_seconds
+        ),
+        engines=engines,
+        recorder=recorder,
+        metrics=metrics,
+        gateway=Gateway(engines, recorder, metrics),
+    )

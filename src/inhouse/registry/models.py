@@ -1,0 +1,137 @@
+"""Model entries: the built-in model, local weight directories, remote upstreams."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.security.api_keys import new_id
+from inhouse.store.db import Database
+from inhouse.store.tables import ModelRow, utcnow
+
+BUILTIN_MODEL_NAME = "smollm2-135m-instruct"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ModelKind(StrEnum):
+    BUILTIN = "builtin"
+    LOCAL = "local"
+    REMOTE = "remote"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    id: str
+    name: str
+    kind: ModelKind
+    created_at: datetime
+    path: str | None = None
+    url: str | None = None
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind is not ModelKind.REMOTE
+
+
+def _entry(row: ModelRow) -> ModelEntry:
+    return ModelEntry(
+        id=row.id,
+        name=row.name,
+        kind=ModelKind(row.kind),
+        created_at=row.created_at,
+        path=row.path,
+        url=row.url,
+        upstream_model=row.upstream_model,
+        api_key_env=row.api_key_env,
+    )
+
+
+def _check_name(name: str) -> None:
+    if name.startswith("flow:") or not MODEL_NAME.match(name):
+        raise InvalidRequestError(
+            f"invalid model name {name!r}: 1-128 letters, digits or . _ : / -, "
+            "not starting with 'flow:'",
+            param="name",
+        )
+
+
+class ModelRegistry:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def list(self) -> list[ModelEntry]:
+        with self._db.session() as session:
+            rows = session.scalars(select(ModelRow).order_by(ModelRow.created_at)).all()
+            return [_entry(row) for row in rows]
+
+    def get(self, name: str) -> ModelEntry:
+        with self._db.session() as session:
+            row = session.scalar(select(ModelRow).where(ModelRow.name == name))
+            if row is None:
+                raise NotFoundError(f"model {name!r} does not exist", param="model")
+            return _entry(row)
+
+    def add_builtin(self) -> ModelEntry:
+        return self._insert(ModelRow(name=BUILTIN_MODEL_NAME, kind=ModelKind.BUILTIN.value))
+
+    def add_local(self, name: str, path: Path) -> ModelEntry:
+        _check_name(name)
+        path = path.expanduser().resolve()
+        if not (path / "config.json").is_file():
+            raise InvalidRequestError(
+                f"{path} is not a directory of Hugging Face weights (no config.json)",
+                param="path",
+            )
+        return self._insert(ModelRow(name=name, kind=ModelKind.LOCAL.value, path=str(path)))
+
+    def add_remote(
+        self,
+        name: str,
+        url: str,
+        *,
+        upstream_model: str | None = None,
+        api_key_env: str | None = None,
+    ) -> ModelEntry:
+        _check_name(name)
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise InvalidRequestError(
+                f"invalid URL {url!r}: use http(s)://host[:port]/v1", param="url"
+            )
+        if api_key_env is not None and not ENV_VAR_NAME.match(api_key_env):
+            raise InvalidRequestError(f"invalid variable name {api_key_env!r}", param="api_key_env")
+        row = ModelRow(
+            name=name,
+            kind=ModelKind.REMOTE.value,
+            url=url.rstrip("/"),
+            upstream_model=upstream_model,
+            api_key_env=api_key_env,
+        )
+        return self._insert(row)
+
+    def remove(self, name: str) -> ModelEntry:
+        with self._db.session() as session:
+            row = session.scalar(select(ModelRow).where(ModelRow.name == name))
+            if row is None:
+                raise NotFoundError(f"model {name!r} does not exist", param="model")
+            session.delete(row)
+            return _entry(row)
+
+    def _insert(self, row: ModelRow) -> ModelEntry:
+        row.id = new_id("mdl")
+        row.created_at = utcnow()
+        try:
+            with self._db.session() as session:
+                session.add(row)
+        except IntegrityError:
+            raise ConflictError(f"model {row.name!r} already exists", param="name") from None
+        return _entry(row)

@@ -1,0 +1,157 @@
+"""Tenants and API keys in the store."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+
+from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.security.api_keys import ApiKeyHasher, new_id
+from inhouse.security.secret_file import write_private_file
+from inhouse.store.db import Database
+from inhouse.store.tables import ApiKeyRow, TenantRow, utcnow
+from inhouse.tenancy.models import ApiKeyInfo, Principal, Role, Tenant
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PLATFORM_TENANT = "platform"
+
+
+def _tenant(row: TenantRow) -> Tenant:
+    return Tenant(id=row.id, name=row.name, is_platform=row.is_platform, created_at=row.created_at)
+
+
+def _key_info(row: ApiKeyRow, tenant_name: str) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        tenant_name=tenant_name,
+        role=Role(row.role),
+        name=row.name,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def parse_role(value: str) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        allowed = ", ".join(role.value for role in Role)
+        raise InvalidRequestError(
+            f"unknown role {value!r}; use one of: {allowed}", param="role"
+        ) from None
+
+
+class TenantService:
+    """Creates, lists and revokes tenants and keys; resolves key hashes to principals."""
+
+    def __init__(self, db: Database, hasher: ApiKeyHasher) -> None:
+        self._db = db
+        self._hasher = hasher
+
+    def create_tenant(self, name: str, *, is_platform: bool = False) -> Tenant:
+        if not TENANT_NAME.match(name):
+            raise InvalidRequestError(
+                f"invalid tenant name {name!r}: use 1-64 lowercase letters, digits, '-' or '_'",
+                param="name",
+            )
+        row = TenantRow(id=new_id("ten"), name=name, is_platform=is_platform, created_at=utcnow())
+        try:
+            with self._db.session() as session:
+                session.add(row)
+        except IntegrityError:
+            raise ConflictError(f"tenant {name!r} already exists", param="name") from None
+        return _tenant(row)
+
+    def list_tenants(self) -> list[Tenant]:
+        with self._db.session() as session:
+            rows = session.scalars(select(TenantRow).order_by(TenantRow.created_at)).all()
+            return [_tenant(row) for row in rows]
+
+    def get_tenant(self, name: str) -> Tenant:
+        with self._db.session() as session:
+            row = session.scalar(select(TenantRow).where(TenantRow.name == name))
+            if row is None:
+                raise NotFoundError(f"tenant {name!r} does not exist", param="tenant")
+            return _tenant(row)
+
+    def create_key(self, tenant_name: str, role: Role, name: str = "") -> tuple[ApiKeyInfo, str]:
+        """Create a key; the plaintext is returned here and never stored."""
+        tenant = self.get_tenant(tenant_name)
+        if role is Role.PLATFORM_ADMIN and not tenant.is_platform:
+            raise InvalidRequestError(
+                "the platform-admin role exists only in the platform tenant", param="role"
+            )
+        new_key = self._hasher.generate()
+        row = ApiKeyRow(
+            id=new_id("key"),
+            tenant_id=tenant.id,
+            role=role.value,
+            name=name,
+            prefix=new_key.display_prefix,
+            key_hash=new_key.key_hash,
+            created_at=utcnow(),
+        )
+        with self._db.session() as session:
+            session.add(row)
+        return _key_info(row, tenant.name), new_key.plaintext
+
+    def list_keys(self, tenant_name: str | None = None) -> list[ApiKeyInfo]:
+        query = select(ApiKeyRow, TenantRow.name).join(TenantRow)
+        if tenant_name is not None:
+            query = query.where(TenantRow.id == self.get_tenant(tenant_name).id)
+        with self._db.session() as session:
+            rows = session.execute(query.order_by(ApiKeyRow.created_at)).all()
+            return [_key_info(key, tenant) for key, tenant in rows]
+
+    def revoke_key(self, key_id_or_prefix: str) -> ApiKeyInfo:
+        with self._db.session() as session:
+            matches = session.execute(
+                select(ApiKeyRow, TenantRow.name)
+                .join(TenantRow)
+                .where(or_(ApiKeyRow.id == key_id_or_prefix, ApiKeyRow.prefix == key_id_or_prefix))
+            ).all()
+            if not matches:
+                raise NotFoundError(f"no key {key_id_or_prefix!r}", param="key")
+            if len(matches) > 1:
+                raise ConflictError(f"{key_id_or_prefix!r} matches several keys; use the key id")
+            row, tenant_name = matches[0]
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return _key_info(row, tenant_name)
+
+    def principal_for_plaintext(self, plaintext: str) -> Principal | None:
+        key_hash = self._hasher.hash(plaintext)
+        with self._db.session() as session:
+            found = session.execute(
+                select(ApiKeyRow, TenantRow.name)
+                .join(TenantRow)
+                .where(ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoked_at.is_(None))
+            ).first()
+            if found is None:
+                return None
+            row, tenant_name = found
+            return Principal(
+                tenant_id=row.tenant_id, tenant_name=tenant_name, key_id=row.id, role=Role(row.role)
+            )
+
+    def bootstrap_platform(self, admin_key_file: Path) -> Path | None:
+        """On the first start, create the platform tenant and write its admin key to a file.
+
+        Returns the file's path when it was written now, ``None`` when this ran before.
+        """
+        with self._db.session() as session:
+            exists = session.scalar(select(TenantRow.id).where(TenantRow.is_platform.is_(True)))
+        if exists is not None:
+            return None
+        try:
+            self.create_tenant(PLATFORM_TENANT, is_platform=True)
+        except ConflictError:
+            return None  # another process bootstrapped concurrently
+        _, plaintext = self.create_key(PLATFORM_TENANT, Role.PLATFORM_ADMIN, name="bootstrap")
+        write_private_file(admin_key_file, plaintext + "\n")
+        return admin_key_file
