@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from inhouse.config import Settings, load_settings
 from inhouse.errors import InhouseError
 from inhouse.gateway.services import Control, open_control
 
-console = Console()
+# Piped output is read by scripts: never wrap or fold it at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 1000)
 error_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -64,3 +68,20 @@ def announce_bootstrap(control: Control) -> None:
             f"{control.admin_key_written.resolve()} (readable only by you).",
             highlight=False,
         )
+
+
+JSON_OPTION = typer.Option(False, "--json", help="print JSON lines, for scripts")
+
+
+def print_rows(columns: Sequence[str], rows: Sequence[Sequence[str]], *, as_json: bool) -> None:
+    """A table for people, or one JSON object per line for scripts; never truncated."""
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(dict(zip(columns, row, strict=True))))
+        return
+    table = Table(*columns)
+    for column in table.columns:
+        column.overflow = "fold"
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

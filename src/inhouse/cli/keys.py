@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from inhouse.cli.common import console, control_plane, error_console
+from inhouse.cli.common import JSON_OPTION, console, control_plane, error_console, print_rows
 from inhouse.tenancy.models import Role
 from inhouse.tenancy.service import parse_role
 
@@ -30,22 +29,26 @@ def create(
 
 
 @app.command("list")
-def list_keys(tenant: str | None = typer.Option(None, "--tenant")) -> None:
+def list_keys(
+    tenant: str | None = typer.Option(None, "--tenant"), as_json: bool = JSON_OPTION
+) -> None:
     """List keys (never their secrets)."""
     with control_plane() as control:
         keys = control.tenants.list_keys(tenant)
-    table = Table("id", "prefix", "tenant", "role", "name", "created", "status")
-    for key in keys:
-        table.add_row(
-            key.id,
-            key.prefix + "…",
-            key.tenant_name,
-            key.role.value,
-            key.name,
-            f"{key.created_at:%Y-%m-%d %H:%M}",
-            "active" if key.active else "revoked",
+    rows = [
+        (
+            k.id,
+            k.prefix,
+            k.tenant_name,
+            k.role.value,
+            k.name,
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            "active" if k.active else "revoked",
         )
-    console.print(table)
+        for k in keys
+    ]
+    columns = ("id", "prefix", "tenant", "role", "name", "created", "status")
+    print_rows(columns, rows, as_json=as_json)
 
 
 @app.command("revoke")

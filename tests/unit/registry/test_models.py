@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.registry.models import ModelKind, ModelRegistry
+from inhouse.store.db import Database
+from inhouse.store.migrate import upgrade_to_head
+
+
+@pytest.fixture
+def registry(database_url: str) -> ModelRegistry:
+    db = Database(database_url)
+    upgrade_to_head(db.engine)
+    return ModelRegistry(db)
+
+
+def test_add_list_remove(registry: ModelRegistry, tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    registry.add_builtin()
+    registry.add_local("legal-7b", weights)
+    registry.add_remote("center", "http://gpu-1:8000/v1/", upstream_model="qwen", api_key_env="K")
+
+    entries = {e.name: e for e in registry.list()}
+    assert {n: e.kind for n, e in entries.items()} == {
+        "smollm2-135m-instruct": ModelKind.BUILTIN,
+        "legal-7b": ModelKind.LOCAL,
+        "center": ModelKind.REMOTE,
+    }
+    assert entries["center"].url == "http://gpu-1:8000/v1"
+    assert entries["legal-7b"].path == str(weights.resolve())
+
+    registry.remove("legal-7b")
+    with pytest.raises(NotFoundError):
+        registry.get("legal-7b")
+
+
+def test_invalid_entries_are_refused(registry: ModelRegistry, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match=r"config\.json"):
+        registry.add_local("empty", tmp_path)
+    with pytest.raises(InvalidRequestError):
+        registry.add_remote("x", "ftp://nowhere")
+    with pytest.raises(InvalidRequestError):
+        registry.add_remote("flow:x", "http://h/v1")
+    with pytest.raises(InvalidRequestError):
+        registry.add_remote("x", "http://h/v1", api_key_env="NOT A VAR")
+    registry.add_remote("dup", "http://h/v1")
+    with pytest.raises(ConflictError):
+        registry.add_remote("dup", "http://h/v1")

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from inhouse.errors import AuthenticationError
+from inhouse.security.api_keys import ApiKeyHasher
+from inhouse.store.db import Database
+from inhouse.store.migrate import upgrade_to_head
+from inhouse.tenancy.auth import Authenticator
+from inhouse.tenancy.models import Role
+from inhouse.tenancy.service import TenantService
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def tenants(tmp_path) -> TenantService:  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path / 'auth.db'}")
+    upgrade_to_head(db.engine)
+    service = TenantService(db, ApiKeyHasher(b"k"))
+    service.create_tenant("lab")
+    return service
+
+
+def test_missing_and_malformed_credentials_are_refused(tenants: TenantService) -> None:
+    auth = Authenticator(tenants, ttl_seconds=2)
+    for header in (None, "", "Basic abc", "Bearer ", "Bearer nope"):
+        with pytest.raises(AuthenticationError):
+            asyncio.run(auth.authenticate(header))
+
+
+def test_revocation_takes_effect_when_the_cache_entry_expires(tenants: TenantService) -> None:
+    clock = ManualClock()
+    auth = Authenticator(tenants, ttl_seconds=2.0, clock=clock)
+    info, plaintext = tenants.create_key("lab", Role.DEVELOPER)
+
+    async def scenario() -> None:
+        principal = await auth.authenticate(f"Bearer {plaintext}")
+        assert principal.key_id == info.id
+        tenants.revoke_key(info.id)
+        clock.now += 1.0
+        await auth.authenticate(f"Bearer {plaintext}")  # still cached
+        clock.now += 1.5
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(f"Bearer {plaintext}")
+
+    asyncio.run(scenario())
