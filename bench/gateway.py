@@ -241,7 +241,10 @@ def print_table(rows: list[Row], skipped: dict[str, str], title: str) -> None:
         table.add_column(col, justify="left" if i < 2 else "right")
     for line in body:
         table.add_row(*line)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
+        console = Console(width=120)
+    console.print(table)
 
 
 def write_json(
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     title = f"gateway benchmark: {args.seconds:g} s per cell, warm-up {args.warmup:g} s"
     print()
     print_table(rows, skipped, title)
+    for name, why in skipped.items():
+        print(f"{name} skipped: {why.splitlines()[0][:200]}")
     for line in summary_lines(rows, args):
         print(line)
     if args.json:

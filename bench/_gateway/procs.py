@@ -29,7 +29,7 @@ class Children:
     def spawn(
         self, cmd: list[str], env: dict[str, str], cwd: Path, log: Path | None = None
     ) -> subprocess.Popen[Any]:
-        """Start ``cmd`` in its own session; stdout+stderr go to ``log`` (or a pipe when None)."""
+        """Start ``cmd`` as its own process group, output to ``log`` (a pipe when None)."""
         out: Any = subprocess.PIPE
         if log is not None:
             out = log.open("wb")

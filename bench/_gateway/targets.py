@@ -156,7 +156,9 @@ def ensure_litellm() -> Path:
         except subprocess.TimeoutExpired as exc:
             raise TargetError(f"installing LiteLLM timed out: {' '.join(cmd)}") from exc
         if done.returncode != 0:
-            raise TargetError(f"installing LiteLLM failed: {done.stderr.strip()[-800:]}")
+            errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")]
+            why = "\n".join(errors[-3:]) or done.stderr.strip()[-800:]
+            raise TargetError(f"installing LiteLLM failed: {why}")
     if not _litellm_bin().exists():
         raise TargetError("the LiteLLM install has no `litellm` command")
     stamp.write_text(LITELLM_SPEC + "\n")

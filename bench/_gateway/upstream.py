@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 from typing import Any, cast
 
 MODEL = "fake-model"
@@ -249,4 +248,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
