@@ -29,7 +29,10 @@ def test_yaml_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.log_level == "debug"
 
 
-def test_defaults_live_under_the_data_directory(tmp_path: Path) -> None:
+def test_defaults_live_under_the_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("INHOUSE_MODELS_DIR", raising=False)
     settings = Settings(data_dir=tmp_path)
     assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'inhouse.db'}"
     assert settings.resolved_models_dir == tmp_path / "models"

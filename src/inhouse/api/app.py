@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,8 +11,8 @@ from fastapi import FastAPI
 from inhouse import __version__
 from inhouse.api import health_routes, openai_routes
 from inhouse.api.errors import install_error_handlers
+from inhouse.api.openapi import document_inference_routes
 from inhouse.config import Settings
-from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from inhouse.gateway.services import build_services
 
 
@@ -21,32 +22,25 @@ def create_app(settings: Settings) -> FastAPI:
         services = build_services(settings)
         app.state.services = services
         await services.start()
+        # Everything built so far (torch, transformers, the app) lives as long as the
+        # process: keep it out of the collector's full passes, which otherwise stall
+        # the event loop for tens to hundreds of milliseconds.
+        gc.freeze()
         try:
             yield
         finally:
             await services.close()
 
-    app = FastAPI(title="inhouse", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="inhouse",
+        version=__version__,
+        lifespan=lifespan,
+        # Metrics are ours (/metrics); no OpenTelemetry hooks, no exporter from the environment.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
+    )
     install_error_handlers(app)
     app.include_router(health_routes.router)
     app.include_router(openai_routes.router)
-    _document_request_schemas(app)
+    app.router.routes[0:0] = openai_routes.inference_routes  # the hot path matches first
+    document_inference_routes(app)
     return app
-
-
-def _document_request_schemas(app: FastAPI) -> None:
-    """Routes parse their bodies themselves (for speed and OpenAI errors); show the schemas."""
-    original = app.openapi
-
-    def openapi() -> dict[str, object]:
-        if app.openapi_schema is None:
-            schema = original()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (ChatCompletionRequest, CompletionRequest):
-                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(definition.pop("$defs", {}))
-                components[model.__name__] = definition
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

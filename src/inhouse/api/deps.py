@@ -1,4 +1,10 @@
-"""Dependencies of the routes: the services object and the authenticated principal."""
+"""How routes reach the services object and the authenticated principal.
+
+The ``Annotated`` dependencies serve ordinary routes. The inference routes call
+``services_of`` and ``authenticate`` directly: FastAPI's dependency solver costs
+tens of microseconds per dependency per request, a large share of what the
+gateway may add to a request (see docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +16,20 @@ from inhouse.gateway.services import Services
 from inhouse.tenancy.models import Principal
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
+async def authenticate(request: Request) -> Principal:
+    return await services_of(request).authenticator.authenticate(
+        request.headers.get("authorization")
+    )
+
+
+async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def get_principal(request: Request) -> Principal:
-    services: Services = request.app.state.services
-    return await services.authenticator.authenticate(request.headers.get("authorization"))
-
-
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+PrincipalDep = Annotated[Principal, Depends(authenticate)]

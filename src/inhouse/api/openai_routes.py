@@ -1,12 +1,20 @@
-"""The OpenAI-compatible API under /v1."""
+"""The OpenAI-compatible API under /v1.
+
+The two inference routes are plain Starlette routes: FastAPI's per-route machinery
+(dependency solving, response handling) costs more than everything else the
+gateway does for a relayed request (docs/benchmarks.md). They parse and validate
+their bodies themselves, and ``openapi.py`` documents them.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from inhouse.api.body import parse_body, read_body
-from inhouse.api.deps import PrincipalDep, ServicesDep
+from inhouse.api.deps import PrincipalDep, ServicesDep, authenticate, services_of
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelList
 from inhouse.gateway.service import JsonReply, Reply
 
@@ -29,39 +37,23 @@ async def list_models(services: ServicesDep, principal: PrincipalDep) -> ModelLi
     return services.gateway.list_models(principal)
 
 
-@router.post(
-    "/chat/completions",
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}
-                }
-            },
-            "required": True,
-        }
-    },
-)
-async def chat_completions(
-    request: Request, services: ServicesDep, principal: PrincipalDep
-) -> Response:
+async def chat_completions(request: Request) -> Response:
+    principal = await authenticate(request)
+    services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
     chat = parse_body(ChatCompletionRequest, body)
     return _respond(await services.gateway.chat(principal, chat))
 
 
-@router.post(
-    "/completions",
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}
-            },
-            "required": True,
-        }
-    },
-)
-async def completions(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+async def completions(request: Request) -> Response:
+    principal = await authenticate(request)
+    services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
     completion = parse_body(CompletionRequest, body)
     return _respond(await services.gateway.complete(principal, completion))
+
+
+inference_routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+]

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from inhouse.config import GatewaySettings
 from inhouse.errors import InhouseError, UpstreamError, UpstreamRejectedError
@@ -47,15 +48,22 @@ class UpstreamClient:
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
+        self._urls: dict[str, URL] = {}
         self.upstream_model = upstream_model
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
+    def _url(self, path: str) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self._base_url + path)
+        return url
+
     async def post_json(self, path: str, body: JsonObject) -> JsonObject:
         try:
             async with self._session.post(
-                self._base_url + path, data=orjson.dumps(body), headers=self._headers
+                self._url(path), data=orjson.dumps(body), headers=self._headers
             ) as response:
                 payload = await response.read()
                 if response.status != 200:
@@ -73,7 +81,7 @@ class UpstreamClient:
         """
         try:
             response = await self._session.post(
-                self._base_url + path, data=orjson.dumps(body), headers=self._headers
+                self._url(path), data=orjson.dumps(body), headers=self._headers
             )
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from exc

@@ -3,8 +3,9 @@ calls the engine, metering and metrics in order."""
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,9 +55,8 @@ class _Call:
         self._started = gateway.clock()
         self._done = False
         self.model = UNRESOLVED_MODEL
-        self.request_id = (
-            f"{'chatcmpl' if endpoint == CHAT_ENDPOINT else 'cmpl'}-{uuid.uuid4().hex}"
-        )
+        prefix = "chatcmpl" if endpoint == CHAT_ENDPOINT else "cmpl"
+        self.request_id = f"{prefix}-{gateway.next_request_id()}"
         gateway.metrics.in_flight.inc()
 
     def finish(self, status: int, usage: TokenUsage) -> None:
@@ -105,6 +105,12 @@ class Gateway:
         self.recorder = recorder
         self.metrics = metrics
         self.clock = clock
+        # Unique across replicas and restarts without a random draw per request.
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count(1)
+
+    def next_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):012x}"
 
     def list_models(self, principal: Principal) -> ModelList:
         cards = [

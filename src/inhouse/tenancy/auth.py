@@ -29,20 +29,38 @@ class Authenticator:
         self._ttl = ttl_seconds
         self._clock = clock
         self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = _bearer_token(authorization)
-        now = self._clock()
         cached = self._cache.get(token)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > self._clock():
             principal = cached[0]
         else:
-            principal = await asyncio.to_thread(self._tenants.principal_for_plaintext, token)
-            if len(self._cache) >= _MAX_CACHED:
-                self._cache.clear()
-            self._cache[token] = (principal, now + self._ttl)
+            principal = await self._look_up(token)
         if principal is None:
             raise AuthenticationError("Incorrect API key provided.")
+        return principal
+
+    async def _look_up(self, token: str) -> Principal | None:
+        """One database lookup per token at a time, however many requests wait for it."""
+        pending = self._lookups.get(token)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._lookups[token] = future
+        try:
+            principal = await asyncio.to_thread(self._tenants.principal_for_plaintext, token)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        finally:
+            del self._lookups[token]
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[token] = (principal, self._clock() + self._ttl)
+        future.set_result(principal)
         return principal
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from sqlalchemy import insert
@@ -35,6 +35,9 @@ class UsageEvent:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
+
+
+_COLUMNS = tuple(field.name for field in fields(UsageEvent))
 
 
 class UsageRecorder:
@@ -80,8 +83,9 @@ class UsageRecorder:
             self._pending[:0] = batch
 
     def _write(self, batch: list[UsageEvent]) -> None:
-        with self._db.session() as session:
-            session.execute(insert(UsageRow), [asdict(event) for event in batch])
+        rows = [{name: getattr(event, name) for name in _COLUMNS} for event in batch]
+        with self._db.engine.begin() as connection:
+            connection.execute(insert(UsageRow), rows)
 
     async def close(self) -> None:
         self._closing = True
