@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from inhouse.errors import ConfigurationError
+
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "default"})
 MIN_SECRET_LENGTH = 32
 
@@ -123,6 +125,8 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get("INHOUSE_CONFIG_FILE")
         if config_file:
+            if not Path(config_file).is_file():
+                raise ConfigurationError(f"INHOUSE_CONFIG_FILE {config_file} is not a file")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
 
+from tests.conftest import shared_models_dir
 from tests.integration.server import InhouseProcess
 
 MODEL = "smollm2-135m-instruct"
@@ -153,3 +156,17 @@ def test_unknown_route_uses_the_openai_error_format(gateway: InhouseProcess) -> 
     response = httpx.get(f"{gateway.base_url}/v1/nothing-here")
     assert response.status_code == 404
     assert "error" in response.json()
+
+
+def test_a_local_weights_directory_serves_as_a_model(
+    gateway: InhouseProcess, client: openai.OpenAI
+) -> None:
+    weights = shared_models_dir() / MODEL  # any directory of Hugging Face weights
+    gateway.cli("models", "add", "team-model", str(weights))
+    deadline = time.monotonic() + 10
+    while "team-model" not in [m.id for m in client.models.list()]:
+        assert time.monotonic() < deadline, "the new model never appeared"
+        time.sleep(0.2)
+    answer = client.chat.completions.create(model="team-model", messages=CAPITAL, temperature=0)
+    assert "Paris" in (answer.choices[0].message.content or "")
+    gateway.cli("models", "remove", "team-model")

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from inhouse.config import Environment, Settings
+from inhouse.errors import ConfigurationError
 
 
 def test_placeholder_secrets_are_refused_outside_development() -> None:
@@ -37,3 +38,9 @@ def test_defaults_live_under_the_data_directory(
     assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'inhouse.db'}"
     assert settings.resolved_models_dir == tmp_path / "models"
     assert settings.admin_key_file == tmp_path / "admin.key"
+
+
+def test_a_named_config_file_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INHOUSE_CONFIG_FILE", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigurationError, match=r"missing\.yaml"):
+        Settings()

@@ -30,6 +30,8 @@ def fail(message: str) -> typer.Exit:
 def settings_or_exit() -> Settings:
     try:
         return load_settings()
+    except InhouseError as exc:
+        raise fail(exc.message) from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -45,9 +47,9 @@ def configure_logging(settings: Settings) -> None:
 
 
 @contextmanager
-def control_plane() -> Iterator[Control]:
+def control_plane(settings: Settings | None = None) -> Iterator[Control]:
     """Open the store for an admin command; user mistakes become one line and exit 1."""
-    settings = settings_or_exit()
+    settings = settings or settings_or_exit()
     try:
         control = open_control(settings)
     except InhouseError as exc:

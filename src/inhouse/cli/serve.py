@@ -16,7 +16,7 @@ def serve(
     """Run the gateway (API, control plane and, by default, the built-in model)."""
     settings = settings_or_exit()
     configure_logging(settings)
-    with control_plane():
+    with control_plane(settings):
         pass  # migrate and bootstrap before the server starts, and say so
     uvicorn.run(
         create_app(settings),
