@@ -39,11 +39,25 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 
-class EngineSettings(BaseModel):
-    """The local (in-process) engine."""
+class Precision(StrEnum):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    INT8 = "int8"
 
-    max_concurrent_generations: int = Field(default=2, ge=1)
-    max_waiting_requests: int = Field(default=64, ge=0)
+
+class EngineSettings(BaseModel):
+    """The local (in-process) engine: continuous batching over one running batch."""
+
+    dtype: Precision = Precision.FLOAT32
+    max_running_sequences: int = Field(default=32, ge=1)
+    max_tokens_in_flight: int | None = Field(
+        default=None,
+        ge=256,
+        description="KV-cache token slots of the running batch; default: sized to a fifth "
+        "of the memory available when the model loads",
+    )
+    max_waiting_requests: int = Field(default=256, ge=0)
+    max_prefill_tokens_per_step: int = Field(default=2048, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
 

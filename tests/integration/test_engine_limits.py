@@ -19,7 +19,7 @@ MODEL = "smollm2-135m-instruct"
 def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InhouseProcess, str]]:
     server = InhouseProcess(
         tmp_path_factory.mktemp("one-slot") / "data",
-        INHOUSE_ENGINE__MAX_CONCURRENT_GENERATIONS="1",
+        INHOUSE_ENGINE__MAX_RUNNING_SEQUENCES="1",
         INHOUSE_ENGINE__MAX_WAITING_REQUESTS="0",
     ).start()
     try:
@@ -63,16 +63,22 @@ def test_full_engine_answers_429_with_retry_after(one_slot: tuple[InhouseProcess
         assert refused.json()["error"]["code"] == "engine_overloaded"
 
 
+def wait_until_free(server: InhouseProcess, key: str) -> None:
+    deadline = time.monotonic() + 5
+    while (status := short_request(server, key).status_code) == 429:
+        assert time.monotonic() < deadline, "the slot was never freed"
+        time.sleep(0.1)
+    assert status == 200
+
+
 def test_a_disconnected_stream_frees_its_slot(
     one_slot: tuple[InhouseProcess, str], tmp_path: Path
 ) -> None:
     server, key = one_slot
+    wait_until_free(server, key)
     with httpx.Client(timeout=60) as client, client.stream(**long_stream(server, key)) as running:  # type: ignore[arg-type]
+        assert running.status_code == 200
         next(line for line in running.iter_lines() if '"content"' in line)
     # The client is gone after one chunk; the slot must be free within moments,
     # long before 400 tokens could have been generated.
-    deadline = time.monotonic() + 5
-    while (status := short_request(server, key).status_code) == 429:
-        assert time.monotonic() < deadline, "slot not freed after the client left"
-        time.sleep(0.1)
-    assert status == 200
+    wait_until_free(server, key)

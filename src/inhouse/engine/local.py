@@ -1,17 +1,18 @@
-"""The in-process engine: a transformers causal LM on this machine.
+"""The in-process engine: a transformers causal LM with continuous batching.
 
-First version: each admitted request runs its own decode loop (prefill, then one
-token per step with a KV cache) in a worker thread, so the event loop never
-blocks. A semaphore bounds concurrent generations, and so memory; a bounded
-waiting line answers 429 when full. Chunks flow to the event loop through a queue;
-a consumer that goes away cancels its loop within one step.
+``prepare`` admits a request into the scheduler at once (or refuses it with 429
+before anything is sent). One async loop asks the scheduler for a plan, runs the
+step in the model's worker thread (drop cancelled rows, decode the running batch,
+prefill newcomers) and routes each sequence's text to its consumer. Requests join
+between steps and leave as soon as they finish; a consumer that goes away is
+dropped at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,92 +20,132 @@ from typing import Any
 
 import torch
 
-from inhouse.config import EngineSettings
-from inhouse.engine.base import (
-    FinishReason,
-    GenerationChunk,
-    GenerationRequest,
-    SamplingParams,
-    TokenUsage,
+from inhouse.config import EngineSettings, Precision
+from inhouse.engine.base import GenerationChunk, GenerationRequest
+from inhouse.engine.batch import RunningBatch
+from inhouse.engine.precision import (
+    apply_precision,
+    available_memory_bytes,
+    kv_bytes_per_token,
+    torch_dtype,
 )
-from inhouse.engine.sampling import make_generator, next_token
-from inhouse.engine.text_stream import StopStringStream
+from inhouse.engine.scheduler import Priority, Scheduler, SchedulerLimits, SequenceSpec
+from inhouse.engine.sequence import SequenceState
+from inhouse.engine.sequence import ThroughputMeter
 from inhouse.errors import (
     ContextLengthExceededError,
     EngineUnavailableError,
     InvalidRequestError,
-    RateLimitError,
 )
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[GenerationChunk | BaseException | None], None]
+Event = tuple[int, GenerationChunk]
+_KV_MEMORY_SHARE = 0.2
+_MAX_DEFAULT_TOKENS_IN_FLIGHT = 64 * 1024
 
 
 class LocalEngine:
     def __init__(
-        self, name: str, resolve_dir: Callable[[], Path], settings: EngineSettings
+        self,
+        name: str,
+        resolve_dir: Callable[[], Path],
+        settings: EngineSettings,
+        *,
+        precision: Precision | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self.precision = precision or settings.dtype
         self._resolve_dir = resolve_dir
         self._settings = settings
+        self._clock = clock
         self._loaded = asyncio.Event()
+        self._wake = asyncio.Event()
         self._load_error: BaseException | None = None
-        self._load_task: asyncio.Task[None] | None = None
-        self._slots = asyncio.Semaphore(settings.max_concurrent_generations)
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.max_concurrent_generations, thread_name_prefix=f"engine-{name}"
-        )
-        self._active = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        self._sequences: dict[int, SequenceState] = {}
+        self._next_seq_id = 0
+        self._scheduler: Scheduler | None = None
+        self._batch: RunningBatch | None = None
         self._model: Any = None
         self._tokenizer: Any = None
         self._eos_ids: frozenset[int] = frozenset()
         self.context_length = 0
+        self.throughput = ThroughputMeter()
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        """Begin loading the weights in a worker thread."""
-        if self._load_task is None:
-            self._load_task = asyncio.create_task(self._load_in_thread())
+        """Begin loading the weights in the worker thread; the step loop starts after."""
+        if not self._tasks:
+            self._tasks.append(
+                asyncio.create_task(self._load_then_run(), name=f"engine-{self.name}")
+            )
 
-    async def _load_in_thread(self) -> None:
+    async def _load_then_run(self) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
         except Exception as exc:
             log.exception("model %s failed to load", self.name)
             self._load_error = exc
+            return
         finally:
             self._loaded.set()
+        await self._run_steps()
 
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
         if self._settings.threads:
             torch.set_num_threads(self._settings.threads)
         directory = self._resolve_dir()
         self._tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            directory, dtype=torch.float32, local_files_only=True
+            directory, dtype=torch_dtype(self.precision), local_files_only=True
         )
-        self._model = model.eval()
+        self._model = apply_precision(model.eval(), self.precision)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tokenizer.eos_token_id is not None:
             eos_ids.add(self._tokenizer.eos_token_id)
         self._eos_ids = frozenset(eos_ids)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
-        log.info("model %s loaded from %s", self.name, directory)
+        self._scheduler = Scheduler(self._limits(model.config))
+        self._batch = RunningBatch(self._model)
+        log.info(
+            "model %s loaded from %s (%s, up to %d tokens in flight)",
+            self.name,
+            directory,
+            self.precision.value,
+            self._scheduler.limits.max_tokens_in_flight,
+        )
+
+    def _limits(self, config: Any) -> SchedulerLimits:
+        tokens = self._settings.max_tokens_in_flight
+        if tokens is None:
+            by_memory = int(
+                available_memory_bytes()
+                * _KV_MEMORY_SHARE
+                / kv_bytes_per_token(config, self.precision)
+            )
+            tokens = max(self.context_length, min(by_memory, _MAX_DEFAULT_TOKENS_IN_FLIGHT))
+        return SchedulerLimits(
+            max_running=self._settings.max_running_sequences,
+            max_tokens_in_flight=tokens,
+            max_waiting=self._settings.max_waiting_requests,
+            max_prefill_tokens_per_step=self._settings.max_prefill_tokens_per_step,
+        )
 
     @property
     def ready(self) -> bool:
         return self._loaded.is_set() and self._load_error is None
 
     @property
-    def load_error(self) -> BaseException | None:
-        return self._load_error
+    def scheduler(self) -> Scheduler | None:
+        return self._scheduler
 
     async def wait_ready(self) -> None:
         self.start()
@@ -113,22 +154,19 @@ class LocalEngine:
             raise EngineUnavailableError(f"model {self.name!r} failed to load")
 
     async def close(self) -> None:
-        if self._load_task is not None and not self._load_task.done():
-            await self._load_task
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sequence in self._sequences.values():
+            sequence.fail(EngineUnavailableError(f"model {self.name!r} was unloaded"))
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     # -- requests ---------------------------------------------------------------------
-    async def prepare(self, request: GenerationRequest) -> LocalGeneration:
-        """Tokenise and validate; refuse at once when the waiting line is full."""
+    async def prepare(
+        self, request: GenerationRequest, priority: Priority = Priority.NORMAL
+    ) -> LocalGeneration:
+        """Tokenise, check the context, and admit; a full engine refuses here (429)."""
         await self.wait_ready()
-        limit = self._settings.max_concurrent_generations + self._settings.max_waiting_requests
-        if self._active >= limit:
-            raise RateLimitError(
-                f"model {self.name!r} is at capacity ({limit} requests running or waiting); "
-                "retry shortly",
-                retry_after_seconds=1.0,
-                code="engine_overloaded",
-            )
         prompt_ids = await asyncio.to_thread(self._encode, request)
         room = self.context_length - len(prompt_ids)
         if room <= 0:
@@ -137,8 +175,25 @@ class LocalEngine:
                 f"the prompt has {len(prompt_ids)} tokens.",
                 param="messages" if request.messages else "prompt",
             )
-        wanted = request.params.max_tokens or self._settings.default_max_tokens
-        return LocalGeneration(self, prompt_ids, min(wanted, room), request.params)
+        max_tokens = min(request.params.max_tokens or self._settings.default_max_tokens, room)
+        assert self._scheduler is not None
+        seq_id = self._next_seq_id
+        self._next_seq_id += 1
+        spec = SequenceSpec(seq_id, len(prompt_ids), max_tokens, priority)
+        self._scheduler.add(spec, self._clock())  # raises before anything is registered
+        sequence = SequenceState(
+            seq_id, prompt_ids, max_tokens, request.params, self._eos_ids, self._decode_ids
+        )
+        self._sequences[seq_id] = sequence
+        self._wake.set()
+        return LocalGeneration(self, sequence)
+
+    def _cancel(self, seq_id: int) -> None:
+        """The consumer went away: forget a waiting sequence, drop a running one next step."""
+        if self._scheduler is not None and seq_id in self._sequences:
+            if self._scheduler.cancel(seq_id):
+                del self._sequences[seq_id]
+            self._wake.set()
 
     def _encode(self, request: GenerationRequest) -> list[int]:
         if request.prompt is not None:
@@ -147,108 +202,117 @@ class LocalEngine:
             raise InvalidRequestError(
                 f"model {self.name!r} has no chat template; use /v1/completions", param="model"
             )
+        from jinja2 import TemplateError
+
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        ids = self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
+        try:
+            ids = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except TemplateError as exc:
+            raise InvalidRequestError(
+                f"the model's chat template refused these messages: {exc}", param="messages"
+            ) from None
         return list(ids)
 
     def _decode_ids(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
-    def _run(
-        self,
-        prompt_ids: list[int],
-        max_tokens: int,
-        params: SamplingParams,
-        emit: Emit,
-        cancelled: threading.Event,
-    ) -> None:
-        generator = make_generator(params)
-        text = StopStringStream(self._decode_ids, params.stop)
-        finish = FinishReason.LENGTH
-        completion_tokens = 0
-        tail = ""
-        with torch.inference_mode():
-            out = self._model(
-                input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1
-            )
-            for _ in range(max_tokens):
-                token = next_token(out.logits[0, -1], params, generator)
-                completion_tokens += 1
-                if token in self._eos_ids:
-                    finish = FinishReason.STOP
-                    tail = text.finish()
-                    break
-                delta = text.add(token)
-                if delta.text:
-                    emit(GenerationChunk(delta.text))
-                if delta.stopped:
-                    finish = FinishReason.STOP
-                    break
-                if cancelled.is_set():
-                    finish = FinishReason.CANCELLED
-                    break
-                out = self._model(
-                    input_ids=torch.tensor([[token]]),
-                    cache=out.cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+    # -- the step loop ----------------------------------------------------------------
+    async def _run_steps(self) -> None:
+        assert self._scheduler is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            plan = self._scheduler.schedule(self._clock())
+            if plan.empty:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                events = await loop.run_in_executor(self._executor, self._step, plan)
+            except Exception as exc:
+                log.exception("engine step failed; failing the running requests")
+                self._fail_running(exc)
+                continue
+            for seq_id in plan.drop:
+                self._sequences.pop(seq_id, None)
+            finished = []
+            for seq_id, chunk in events:
+                sequence = self._sequences.get(seq_id)
+                if sequence is not None:
+                    sequence.deliver(chunk)
+                if chunk.finish_reason is not None:
+                    finished.append(seq_id)
+                    self._sequences.pop(seq_id, None)
+            self._scheduler.update(finished)
+            self.throughput.add(self._clock(), len(events))
+
+    def _step(self, plan: Any) -> list[Event]:
+        """One model step, in the worker thread: drop, decode, prefill."""
+        batch = self._batch
+        assert batch is not None
+        events: list[Event] = []
+        next_tokens: dict[int, int] = {}
+        finished: set[int] = set()
+
+        def accept(seq_id: int, token: int) -> None:
+            chunk = self._sequences[seq_id].accept(token)
+            events.append((seq_id, chunk))
+            if chunk.finish_reason is None:
+                next_tokens[seq_id] = token
             else:
-                tail = text.finish()
-        usage = TokenUsage(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens)
-        emit(GenerationChunk(tail, finish_reason=finish, usage=usage))
+                finished.add(seq_id)
+
+        with torch.inference_mode():
+            if plan.drop:
+                batch.remove(set(plan.drop))
+            if len(batch):
+                logits = batch.decode()
+                greedy = logits.argmax(dim=-1).tolist()
+                for row, seq_id in enumerate(batch.seq_ids):
+                    sequence = self._sequences[seq_id]
+                    token = greedy[row] if sequence.greedy else sequence.sample(logits[row])
+                    accept(seq_id, token)
+            for seq_id in plan.prefill:
+                sequence = self._sequences[seq_id]
+                logits = batch.prefill(seq_id, sequence.prompt_ids)
+                accept(seq_id, sequence.sample(logits))
+            batch.set_next_tokens(next_tokens)
+            if finished:
+                batch.remove(finished)
+        return events
+
+    def _fail_running(self, exc: BaseException) -> None:
+        assert self._scheduler is not None and self._batch is not None
+        failed = list(self._batch.seq_ids)
+        for seq_id in failed:
+            sequence = self._sequences.pop(seq_id, None)
+            if sequence is not None:
+                sequence.fail(EngineUnavailableError("generation failed on this model"))
+        self._scheduler.update(failed)
+        self._batch = RunningBatch(self._model)
 
 
 class LocalGeneration:
-    """One admitted request; ``stream()`` runs it."""
+    """One admitted request; ``stream()`` yields its text as the engine produces it."""
 
-    def __init__(
-        self, engine: LocalEngine, prompt_ids: list[int], max_tokens: int, params: SamplingParams
-    ) -> None:
+    def __init__(self, engine: LocalEngine, sequence: SequenceState) -> None:
         self._engine = engine
-        self._prompt_ids = prompt_ids
-        self._max_tokens = max_tokens
-        self._params = params
+        self._sequence = sequence
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self._prompt_ids)
+        return len(self._sequence.prompt_ids)
 
     async def stream(self) -> AsyncIterator[GenerationChunk]:
-        engine = self._engine
-        engine._active += 1
+        finished = False
         try:
-            async with engine._slots:
-                async for chunk in self._run_in_thread():
-                    yield chunk
+            while True:
+                chunk = await self._sequence.next_chunk()
+                yield chunk
+                if chunk.finish_reason is not None:
+                    finished = True
+                    return
         finally:
-            engine._active -= 1
-
-    async def _run_in_thread(self) -> AsyncIterator[GenerationChunk]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationChunk | BaseException | None] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def emit(item: GenerationChunk | BaseException | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            try:
-                self._engine._run(self._prompt_ids, self._max_tokens, self._params, emit, cancelled)
-            except BaseException as exc:
-                emit(exc)
-            finally:
-                emit(None)
-
-        future = loop.run_in_executor(self._engine._executor, work)
-        try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    log.error("generation failed", exc_info=item)
-                    raise EngineUnavailableError("generation failed on this model") from item
-                yield item
-        finally:
-            cancelled.set()
-            await asyncio.wait([future])
+            if not finished:
+                self._engine._cancel(self._sequence.seq_id)

@@ -14,7 +14,7 @@ from inhouse.engine.base import (
     SamplingParams,
     TokenUsage,
 )
-from inhouse.errors import InvalidRequestError
+from inhouse.errors import InhouseError, InvalidRequestError
 from inhouse.gateway import sse
 from inhouse.gateway.protocol import (
     ChatChoice,
@@ -149,14 +149,17 @@ async def stream_events(
         if chat:
             yield choice("", None, role=True)
         async for chunk in prepared.stream():
+            usage = chunk.usage or usage  # so far: a client that leaves pays for what it got
             if chunk.text:
                 yield choice(chunk.text, None)
             if chunk.finish_reason is not None:
-                usage = chunk.usage or usage
                 yield choice(None, _finish_reason(chunk.finish_reason))
         if include_usage:
             yield sse.event({**base, "choices": [], "usage": _usage(usage).model_dump()})
         yield sse.DONE
         status = 200
+    except InhouseError as exc:
+        status = exc.status_code
+        yield sse.error_event(exc.message, exc.error_type, exc.code)
     finally:
         on_finish(status, usage)
