@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     builtin_model: bool = True
     log_level: str = "info"
     secret_key: SecretStr | None = None
+    node_token: SecretStr | None = None
 
     server: ServerSettings = ServerSettings()
     engine: EngineSettings = EngineSettings()

@@ -52,14 +52,15 @@ class InhouseProcess:
             raise AssertionError(f"inhouse {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def start(self, timeout: float = 180.0) -> InhouseProcess:
+    def start(self, timeout: float = 180.0, *command: str) -> InhouseProcess:
+        """Start ``inhouse serve`` (or the given command, e.g. ``node --model M``)."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "inhouse",
-                "serve",
+                *(command or ("serve",)),
                 "--host",
                 "127.0.0.1",
                 "--port",

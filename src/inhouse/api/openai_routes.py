@@ -16,14 +16,14 @@ from starlette.routing import Route
 from inhouse.api.body import parse_body, read_body
 from inhouse.api.deps import PrincipalDep, ServicesDep, authenticate, services_of
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelList
-from inhouse.gateway.service import JsonReply, Reply
+from inhouse.gateway.replies import JsonReply, Reply
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _respond(reply: Reply) -> Response:
+def respond(reply: Reply) -> Response:
     headers = {"X-Request-Id": reply.request_id}
     if isinstance(reply, JsonReply):
         return Response(reply.body, media_type="application/json", headers=headers)
@@ -42,7 +42,7 @@ async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
     chat = parse_body(ChatCompletionRequest, body)
-    return _respond(await services.gateway.chat(principal, chat))
+    return respond(await services.gateway.chat(principal, chat))
 
 
 async def completions(request: Request) -> Response:
@@ -50,7 +50,7 @@ async def completions(request: Request) -> Response:
     services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
     completion = parse_body(CompletionRequest, body)
-    return _respond(await services.gateway.complete(principal, completion))
+    return respond(await services.gateway.complete(principal, completion))
 
 
 inference_routes = [

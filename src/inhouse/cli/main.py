@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import typer
 
 from inhouse import __version__
-from inhouse.cli import keys, models, serve, tenants
+from inhouse.cli import keys, models, node, serve, tenants
 from inhouse.cli.common import console
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("serve")(serve.serve)
+app.command("node")(node.node)
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")

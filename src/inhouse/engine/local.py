@@ -30,8 +30,7 @@ from inhouse.engine.precision import (
     torch_dtype,
 )
 from inhouse.engine.scheduler import Priority, Scheduler, SchedulerLimits, SequenceSpec
-from inhouse.engine.sequence import SequenceState
-from inhouse.engine.sequence import ThroughputMeter
+from inhouse.engine.sequence import SequenceState, ThroughputMeter
 from inhouse.errors import (
     ContextLengthExceededError,
     EngineUnavailableError,

@@ -13,7 +13,10 @@ from inhouse.engine.base import (
     PreparedGeneration,
     SamplingParams,
     TokenUsage,
+    collect,
 )
+from inhouse.engine.local import LocalEngine
+from inhouse.engine.scheduler import Priority
 from inhouse.errors import InhouseError, InvalidRequestError
 from inhouse.gateway import sse
 from inhouse.gateway.protocol import (
@@ -27,6 +30,7 @@ from inhouse.gateway.protocol import (
     CompletionRequest,
     Usage,
 )
+from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 
 OnFinish = Callable[[int, TokenUsage], None]
 """Called once when a stream ends: HTTP-like status (200, 499 gone) and usage."""
@@ -163,3 +167,35 @@ async def stream_events(
         yield sse.error_event(exc.message, exc.error_type, exc.code)
     finally:
         on_finish(status, usage)
+
+
+async def answer(
+    engine: LocalEngine,
+    request: ChatCompletionRequest | CompletionRequest,
+    request_id: str,
+    model: str,
+    on_finish: OnFinish,
+    priority: Priority = Priority.NORMAL,
+) -> Reply:
+    """Admit the request to the engine (errors raise here), then answer or stream."""
+    chat = isinstance(request, ChatCompletionRequest)
+    generation = (
+        chat_generation(request, request_id)
+        if isinstance(request, ChatCompletionRequest)
+        else completion_generation(request, request_id)
+    )
+    prepared = await engine.prepare(generation, priority)
+    if request.stream:
+        events = stream_events(
+            prepared,
+            request_id=request_id,
+            model=model,
+            chat=chat,
+            include_usage=request.include_usage_in_stream,
+            on_finish=on_finish,
+        )
+        return StreamReply(events, request_id)
+    result = await collect(prepared)
+    on_finish(200, result.usage)
+    build = chat_body if chat else completion_body
+    return JsonReply(build(request_id, model, result), request_id)

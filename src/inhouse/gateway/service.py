@@ -6,11 +6,10 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-from inhouse.engine.base import TokenUsage, collect
+from inhouse.engine.base import TokenUsage
 from inhouse.errors import InhouseError
 from inhouse.gateway import local_calls, remote_calls
 from inhouse.gateway.engines import EnginePool
@@ -20,6 +19,7 @@ from inhouse.gateway.protocol import (
     ModelCard,
     ModelList,
 )
+from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 from inhouse.monitor.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from inhouse.registry.models import ModelEntry
 from inhouse.tenancy.metering import UsageEvent, UsageRecorder
@@ -27,21 +27,6 @@ from inhouse.tenancy.models import Principal
 
 CHAT_ENDPOINT = "chat.completions"
 COMPLETIONS_ENDPOINT = "completions"
-
-
-@dataclass(frozen=True, slots=True)
-class JsonReply:
-    body: bytes
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class StreamReply:
-    events: AsyncIterator[bytes]
-    request_id: str
-
-
-Reply = JsonReply | StreamReply
 
 
 class _Call:
@@ -150,29 +135,9 @@ class Gateway:
     async def _answer_locally(
         self, call: _Call, request: ChatCompletionRequest | CompletionRequest, entry: ModelEntry
     ) -> Reply:
-        model = entry.name
-        engine = self.engines.local(entry)
-        chat = isinstance(request, ChatCompletionRequest)
-        generation = (
-            local_calls.chat_generation(request, call.request_id)
-            if isinstance(request, ChatCompletionRequest)
-            else local_calls.completion_generation(request, call.request_id)
+        return await local_calls.answer(
+            self.engines.local(entry), request, call.request_id, entry.name, call.finish
         )
-        prepared = await engine.prepare(generation)
-        if request.stream:
-            events = local_calls.stream_events(
-                prepared,
-                request_id=call.request_id,
-                model=model,
-                chat=chat,
-                include_usage=request.include_usage_in_stream,
-                on_finish=call.finish,
-            )
-            return StreamReply(events, call.request_id)
-        result = await collect(prepared)
-        call.finish(200, result.usage)
-        build = local_calls.chat_body if chat else local_calls.completion_body
-        return JsonReply(build(call.request_id, model, result), call.request_id)
 
     async def _answer_remotely(
         self,

@@ -1,0 +1,121 @@
+"""The node's HTTP API: OpenAI routes for its model, status, health and metrics.
+
+Every route but the health checks needs ``Authorization: Bearer <node token>``; the
+gateway sets ``X-Inhouse-Priority: high|normal|low`` from the caller's tenant.
+"""
+
+from __future__ import annotations
+
+import gc
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from inhouse import __version__
+from inhouse.api.body import parse_body, read_body
+from inhouse.api.errors import install_error_handlers
+from inhouse.api.openai_routes import respond
+from inhouse.config import Settings
+from inhouse.engine.local import LocalEngine
+from inhouse.engine.scheduler import Priority
+from inhouse.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.node.service import NodeService
+
+PRIORITY_HEADER = "x-inhouse-priority"
+R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
+
+
+def create_node_app(settings: Settings, engine: LocalEngine, token: str) -> FastAPI:
+    service = NodeService(engine, GatewayMetrics())
+    expected = f"Bearer {token}".encode()
+
+    def authorize(request: Request) -> None:
+        given = (request.headers.get("authorization") or "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise AuthenticationError("missing or wrong node token")
+
+    def priority_of(request: Request) -> Priority:
+        value = request.headers.get(PRIORITY_HEADER, "normal").upper()
+        if value not in Priority.__members__:
+            raise InvalidRequestError(f"{PRIORITY_HEADER}: use high, normal or low")
+        return Priority[value]
+
+    async def chat(request: Request) -> Response:
+        authorize(request)
+        body = await read_body(request, settings.server.max_body_bytes)
+        parsed = parse_body(ChatCompletionRequest, body)
+        return respond(await service.answer(_for_this_model(parsed, engine), priority_of(request)))
+
+    async def complete(request: Request) -> Response:
+        authorize(request)
+        body = await read_body(request, settings.server.max_body_bytes)
+        parsed = parse_body(CompletionRequest, body)
+        return respond(await service.answer(_for_this_model(parsed, engine), priority_of(request)))
+
+    async def models(request: Request) -> Response:
+        authorize(request)
+        card = {"id": engine.name, "object": "model", "created": 0, "owned_by": "inhouse"}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def status(request: Request) -> Response:
+        authorize(request)
+        return JSONResponse(service.status().model_dump())
+
+    async def metrics(request: Request) -> Response:
+        authorize(request)
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        ready = engine.ready
+        return JSONResponse({"status": "ready" if ready else "loading"}, 200 if ready else 503)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            await engine.close()
+
+    app = FastAPI(
+        title="inhouse node",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
+    )
+    install_error_handlers(app)
+    app.router.routes[0:0] = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", complete, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/node/status", status, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    return app
+
+
+def _for_this_model(request: R, engine: LocalEngine) -> R:
+    if request.model != engine.name:
+        raise NotFoundError(
+            f"this node serves {engine.name!r}, not {request.model!r}",
+            param="model",
+            code="model_not_found",
+        )
+    return request

@@ -1,0 +1,138 @@
+"""The batching engine, in-process on the built-in model: outputs equal the model's
+own greedy generation while requests join and leave, and int8 keeps its quality."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from inhouse.config import EngineSettings, Precision
+from inhouse.engine.base import ChatMessage, GenerationRequest, SamplingParams
+from inhouse.engine.local import LocalEngine
+from inhouse.engine.precision import apply_precision
+from inhouse.engine.quality import perplexity
+from inhouse.registry.models import BUILTIN_MODEL_NAME
+from tests.conftest import REPO, shared_models_dir
+
+MODEL_DIR = shared_models_dir() / BUILTIN_MODEL_NAME
+QUESTIONS = [
+    "Which city is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in one paragraph.",
+    "What is 17 times 23?",
+    "List three uses of copper.",
+    "Describe a rainy day in a small town.",
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def generate_alone(model: Any, tokenizer: Any, question: str, max_tokens: int) -> str:
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)
+    return str(tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True))
+
+
+def request(question: str, max_tokens: int) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=question,
+        params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        messages=(ChatMessage("user", question),),
+    )
+
+
+def test_greedy_output_under_batching_equals_generate(reference: tuple[Any, Any]) -> None:
+    model, tokenizer = reference
+    lengths = [48, 48, 12, 48, 30, 48]  # the third and fifth leave early
+    expected = [
+        generate_alone(model, tokenizer, q, n) for q, n in zip(QUESTIONS, lengths, strict=True)
+    ]
+
+    async def scenario() -> tuple[list[str], int]:
+        engine = LocalEngine(BUILTIN_MODEL_NAME, lambda: MODEL_DIR, EngineSettings())
+        await engine.wait_ready()
+
+        async def run(index: int, delay: float) -> str:
+            await asyncio.sleep(delay)  # requests join while others are mid-stream
+            prepared = await engine.prepare(request(QUESTIONS[index], lengths[index]))
+            return "".join([chunk.text async for chunk in prepared.stream()])
+
+        async def abandon() -> int:
+            prepared = await engine.prepare(request("Tell me a long story.", 200))
+            stream = prepared.stream()
+            for _ in range(3):
+                await anext(stream)
+            await stream.aclose()  # the client goes away mid-stream
+            await asyncio.sleep(0.5)
+            assert engine.scheduler is not None
+            return engine.scheduler.running
+
+        results = await asyncio.gather(
+            *(run(i, 0.15 * i) for i in range(len(QUESTIONS))), abandon()
+        )
+        await engine.close()
+        return list(results[:-1]), int(results[-1])
+
+    outputs, _ = asyncio.run(scenario())
+    assert outputs == expected
+
+
+def test_an_abandoned_stream_leaves_the_batch() -> None:
+    async def scenario() -> int:
+        engine = LocalEngine(BUILTIN_MODEL_NAME, lambda: MODEL_DIR, EngineSettings())
+        await engine.wait_ready()
+        prepared = await engine.prepare(request("Tell me a long story.", 300))
+        stream = prepared.stream()
+        await anext(stream)
+        await stream.aclose()
+        await asyncio.sleep(1.0)  # many steps' worth
+        assert engine.scheduler is not None
+        running = engine.scheduler.running
+        await engine.close()
+        return running
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_int8_perplexity_stays_near_float32(reference: tuple[Any, Any]) -> None:
+    """The bound int8 meets today: +15%. The target is +5% (see docs/benchmarks.md)."""
+    model, tokenizer = reference
+    text = (REPO / "tests" / "data" / "heldout.txt").read_text()
+    float32 = perplexity(model, tokenizer, text)
+    quantised = apply_precision(
+        AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval(),
+        Precision.INT8,
+    )
+    int8 = perplexity(quantised, tokenizer, text)
+    assert 1.0 < float32 < 100.0
+    assert int8 <= float32 * 1.15, (float32, int8)
+
+
+def test_local_directory_loads_in_each_precision(tmp_path: Path) -> None:
+    async def answer(precision: Precision) -> str:
+        engine = LocalEngine(
+            BUILTIN_MODEL_NAME, lambda: MODEL_DIR, EngineSettings(), precision=precision
+        )
+        prepared = await engine.prepare(request(QUESTIONS[0], 12))
+        text = "".join([chunk.text async for chunk in prepared.stream()])
+        await engine.close()
+        return text
+
+    for precision in Precision:
+        assert "Paris" in asyncio.run(answer(precision)), precision
