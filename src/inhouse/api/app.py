@@ -35,6 +35,9 @@ def create_app(settings: Settings) -> FastAPI:
         title="inhouse",
         version=__version__,
         lifespan=lifespan,
+        # The interactive docs pages load scripts from a CDN: off. /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
         # Metrics are ours (/metrics); no OpenTelemetry hooks, no exporter from the environment.
         telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )

@@ -16,7 +16,7 @@ import orjson
 from yarl import URL
 
 from inhouse.config import GatewaySettings
-from inhouse.errors import InhouseError, UpstreamError, UpstreamRejectedError
+from inhouse.errors import InhouseError, RateLimitError, UpstreamError, UpstreamRejectedError
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,12 @@ class UpstreamClient:
         except TimeoutError as exc:
             raise UpstreamError("upstream timed out") from exc
         if response.status != 200:
-            payload = await response.read()
-            response.release()
+            try:
+                payload = await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                payload = b""
+            finally:
+                response.release()
             raise _status_error(response.status, payload)
         return _sse_events(response)
 
@@ -129,6 +133,8 @@ def _status_error(status: int, payload: bytes) -> InhouseError:
             code = error.get("code")
     except (orjson.JSONDecodeError, AttributeError):
         pass
+    if status == 429:
+        return RateLimitError(f"upstream: {message}", retry_after_seconds=1.0)
     if status in _RELAYED_STATUSES:
         return UpstreamRejectedError(status, message, str(code) if code else None)
     log.warning("upstream error %s: %s", status, message)

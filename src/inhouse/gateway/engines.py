@@ -54,7 +54,11 @@ class EnginePool:
                 log.exception("refreshing the model registry failed; keeping the last snapshot")
 
     async def refresh(self) -> None:
-        entries = await asyncio.to_thread(self._registry.list)
+        entries = [
+            entry
+            for entry in await asyncio.to_thread(self._registry.list)
+            if self._settings.builtin_model or entry.kind is not ModelKind.BUILTIN
+        ]
         self._entries = {entry.name: entry for entry in entries}
         live_ids = {entry.id for entry in entries}
         for entry_id in [i for i in self._upstreams if i not in live_ids]:

@@ -82,7 +82,9 @@ class Services:
 def build_services(settings: Settings) -> Services:
     control = open_control(settings)
     engines = EnginePool(control.registry, settings)
-    recorder = UsageRecorder(control.db, settings.metering)
+    recorder = UsageRecorder(
+        control.db, settings.metering, spool_path=settings.data_dir / "usage-spool.jsonl"
+    )
     metrics = GatewayMetrics()
     return Services(
         control=control,

@@ -56,6 +56,11 @@ def _entry(row: ModelRow) -> ModelEntry:
     )
 
 
+def _names_own_setting(variable: str) -> bool:
+    upper = variable.upper()
+    return upper.startswith("INHOUSE_") and not upper.startswith("INHOUSE_UPSTREAM_")
+
+
 def _check_name(name: str) -> None:
     if name.startswith("flow:") or not MODEL_NAME.match(name):
         raise InvalidRequestError(

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
 KEY_PREFIX = "ih_"
 _SECRET_BYTES = 32
 _DISPLAY_PREFIX_LENGTH = 8
+
+
+_KEY_SHAPE = re.compile(r"^ih_[A-Za-z0-9_-]{43}$")
+
+
+def looks_like_api_key(token: str) -> bool:
+    """Cheap shape check, so junk never reaches the database or the cache."""
+    return bool(_KEY_SHAPE.match(token))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,18 +5,29 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
-from inhouse.config import Environment, Settings
+from inhouse.config import MIN_SECRET_LENGTH, Environment, Settings
 from inhouse.errors import ConfigurationError
 
 
 def write_private_file(path: Path, content: str) -> None:
-    """Create ``path`` readable and writable by the owner only; never overwrite."""
+    """Create ``path``, readable and writable by the owner only, whole or not at all.
+
+    The content goes to a private temporary file first and is linked into place, so a
+    reader never sees a half-written file; an existing file raises FileExistsError.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 def resolve_secret_key(settings: Settings) -> bytes:
@@ -28,4 +39,7 @@ def resolve_secret_key(settings: Settings) -> bytes:
     if not path.exists():
         with contextlib.suppress(FileExistsError):  # another process created it first
             write_private_file(path, secrets.token_urlsafe(48))
-    return path.read_text().strip().encode()
+    secret = path.read_text().strip()
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigurationError(f"{path} holds no usable secret; remove it to create a new one")
+    return secret.encode()

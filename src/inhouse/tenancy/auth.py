@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from inhouse.errors import AuthenticationError
+from inhouse.security.api_keys import looks_like_api_key
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.service import TenantService
 
@@ -73,4 +74,6 @@ def _bearer_token(authorization: str | None) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("Malformed Authorization header: expected 'Bearer <key>'.")
+    if not looks_like_api_key(token):
+        raise AuthenticationError("Incorrect API key provided.")
     return token

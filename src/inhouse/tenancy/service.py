@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
-from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.errors import ConfigurationError, ConflictError, InvalidRequestError, NotFoundError
 from inhouse.security.api_keys import ApiKeyHasher, new_id
 from inhouse.security.secret_file import write_private_file
 from inhouse.store.db import Database
@@ -148,6 +148,11 @@ class TenantService:
             exists = session.scalar(select(TenantRow.id).where(TenantRow.is_platform.is_(True)))
         if exists is not None:
             return None
+        if admin_key_file.exists():
+            raise ConfigurationError(
+                f"{admin_key_file} exists but this database has no platform tenant; "
+                "move the old key file away to bootstrap this database"
+            )
         try:
             self.create_tenant(PLATFORM_TENANT, is_platform=True)
         except ConflictError:

@@ -48,6 +48,12 @@ def test_invalid_entries_are_refused(registry: ModelRegistry, tmp_path: Path) ->
         registry.add_remote("flow:x", "http://h/v1")
     with pytest.raises(InvalidRequestError):
         registry.add_remote("x", "http://h/v1", api_key_env="NOT A VAR")
+    with pytest.raises(InvalidRequestError, match="own settings"):
+        registry.add_remote("x", "http://h/v1", api_key_env="INHOUSE_SECRET_KEY")
+    registry.add_remote("ok", "http://h/v1", api_key_env="INHOUSE_UPSTREAM_KEY_CENTER")
     registry.add_remote("dup", "http://h/v1")
     with pytest.raises(ConflictError):
-        registry.add_remote("dup", "http://h/v1")
+        with pytest.raises(InvalidRequestError, match="own settings"):
+        registry.add_remote("x", "http://h/v1", api_key_env="INHOUSE_SECRET_KEY")
+    registry.add_remote("ok", "http://h/v1", api_key_env="INHOUSE_UPSTREAM_KEY_CENTER")
+    registry.add_remote("dup", "http://h/v1")

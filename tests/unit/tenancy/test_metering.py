@@ -69,3 +69,32 @@ def test_a_failed_write_keeps_the_batch(tmp_path) -> None:  # type: ignore[no-un
 
     asyncio.run(scenario())
     assert count(db) == (2, 3)
+
+
+def test_records_that_cannot_be_written_at_shutdown_are_spooled_and_replayed(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    spool = tmp_path / "usage-spool.jsonl"
+    settings = MeteringSettings(flush_interval_seconds=60, batch_size=100)
+
+    async def shut_down_without_database() -> None:
+        recorder = UsageRecorder(db, settings, spool_path=spool)
+        recorder.start()
+        for n in range(5):
+            recorder.record(event(n))
+        await recorder.close()  # no tables: the write fails, the spool keeps them
+
+    asyncio.run(shut_down_without_database())
+    assert oct(spool.stat().st_mode & 0o777) == "0o600"
+    upgrade_to_head(db.engine)
+
+    async def restart() -> None:
+        recorder = UsageRecorder(db, settings, spool_path=spool)
+        recorder.start()
+        recorder.record(event(1))  # the same request again: never counted twice
+        await recorder.close()
+
+    asyncio.run(restart())
+    assert count(db) == (5, sum(range(5)))
+    assert not spool.exists()

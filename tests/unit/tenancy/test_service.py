@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.errors import (
+    ConfigurationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
@@ -79,3 +84,13 @@ def test_bootstrap_writes_the_admin_key_once_owner_only(
 
     assert tenants.bootstrap_platform(tmp_path / "again.key") is None
     assert not (tmp_path / "again.key").exists()
+
+
+def test_a_stale_admin_key_file_stops_bootstrap_before_anything_is_created(
+    tenants: TenantService, tmp_path: Path
+) -> None:
+    stale = tmp_path / "admin.key"
+    stale.write_text("ih_old\n")
+    with pytest.raises(ConfigurationError, match="no platform tenant"):
+        tenants.bootstrap_platform(stale)
+    assert tenants.list_tenants() == []

@@ -1,0 +1,1 @@
+"""Helpers for the local-engine benchmark (``bench/engine.py``) and soak test."""
