@@ -114,6 +114,12 @@ class ModelRegistry:
             )
         if api_key_env is not None and not ENV_VAR_NAME.match(api_key_env):
             raise InvalidRequestError(f"invalid variable name {api_key_env!r}", param="api_key_env")
+        if api_key_env is not None and _names_own_setting(api_key_env):
+            raise InvalidRequestError(
+                f"{api_key_env} is one of inhouse's own settings and is never sent upstream; "
+                "use another variable (INHOUSE_UPSTREAM_* is allowed)",
+                param="api_key_env",
+            )
         row = ModelRow(
             name=name,
             kind=ModelKind.REMOTE.value,
