@@ -11,9 +11,10 @@ system gets the same prompts in the same order. Systems:
 - ``naive``: the built-in model in this process with plain transformers
   (``AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32)``), one
   ``model.generate(max_new_tokens=..., do_sample=False)`` per request, one request after another.
-  A sequential server's throughput does not depend on C, so each of the (at most 8) distinct
-  prompts a cell needs is generated once, timed, and reused by later cells: min(C x requests, 8)
-  real ``generate`` calls per cell at most. Latency and TTFT for C clients are then replayed as a
+  A sequential server's throughput does not depend on C and greedy decoding is deterministic,
+  so each distinct prompt (at most 8: min(largest C x requests per client, 8)) is generated
+  once, timed, and reused by every cell; the requests of a cell are not all run (at C = 32 they
+  would take 64 x ~10 s). Latency and TTFT for C clients are then replayed as a
   first-come-first-served queue (a request waits for every request the server took before it);
   TTFT is when ``generate``'s streamer receives the first new token. Aggregate tokens/s is the
   tokens of the cell's requests over the sum of their service times.
@@ -30,8 +31,11 @@ Per cell: aggregate generated tokens/s (all tokens over the wall time of the cel
 request latency, p50 time to first token, peak RSS of the serving process (``VmHWM`` of its
 process tree from ``/proc``, reset at the start of each cell with ``clear_refs``; for ``naive``
 this benchmark's own peak, model included) and tokens/s as a multiple of ``naive`` and of
-``llamacpp`` in the same row. Servers, load generator and baseline share the machine's cores:
-compare cells of one run rather than numbers across runs or machines.
+``llamacpp`` in the same row, and "other CPU": the average cores that processes outside this
+benchmark used during the cell. Servers, load generator and baseline share the machine's cores;
+each cell first waits (up to ``--settle`` seconds) for other processes to go quiet, and cells
+where they still used over 0.2 cores are flagged as unreliable. Compare cells of one run rather
+than numbers across runs or machines.
 
 Run it with the project's virtual environment::
 
@@ -87,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="C = 1,16 and 1 request per client")
     parser.add_argument("--llama-threads", type=int, default=2, help="llama-server --threads")
     parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds each")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=60.0,
+        help="before each cell, wait up to this many seconds for other processes to go quiet",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     args = parser.parse_args(argv)
     args.systems = _systems(parser, args.systems, args.dtypes)
@@ -164,6 +174,7 @@ def http_cell(
     system: str, base_url: str, token: str | None, conc: int, args: argparse.Namespace
 ) -> Row:
     body_for = _bodies(conc, args.requests_per_client, args.max_tokens)
+    cpu.settle(args.settle, BUSY_CORES)
     before = cpu.mark()
     outcomes, wall = asyncio.run(run_clients(base_url, token, body_for, conc, args.request_timeout))
     row = summarize(system, conc, outcomes, wall)
@@ -198,6 +209,11 @@ def run_naive(args: argparse.Namespace, rows: list[Row]) -> None:
 
     def service(n: int) -> Sample:
         return baseline.sample(n % len(QUESTIONS), note)
+
+    needed = min(max(args.concurrency) * args.requests_per_client, len(QUESTIONS))
+    for index in range(needed):
+        cpu.settle(args.settle, BUSY_CORES)
+        service(index)
 
     def foreign(n: int) -> float | None:
         values = [f for i in range(n) if (f := service(i).foreign_cores) is not None]

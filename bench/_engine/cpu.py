@@ -58,3 +58,25 @@ def foreign_cores(start: CpuMark | None, end: CpuMark | None) -> float | None:
         return None
     foreign = (end.busy_ticks - start.busy_ticks) - (end.own_ticks - start.own_ticks)
     return max(0.0, foreign / _HZ / (end.at - start.at))
+
+
+def settle(max_wait_s: float, threshold: float, window_s: float = 2.0) -> float | None:
+    """Wait (at most ``max_wait_s``) until other processes use under ``threshold`` cores.
+
+    Returns the last measurement (cores), or None without ``/proc``. A shared machine is often
+    busy only for a while; waiting a little gives each cell a better chance of a quiet start.
+    """
+    deadline = time.monotonic() + max_wait_s
+    told = False
+    while True:
+        start = mark()
+        time.sleep(window_s)
+        foreign = foreign_cores(start, mark())
+        if foreign is None or foreign < threshold or time.monotonic() >= deadline:
+            return foreign
+        if not told:
+            print(
+                f"  other processes use {foreign:.2f} cores: waiting up to {max_wait_s:.0f} s",
+                flush=True,
+            )
+            told = True
