@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -14,6 +14,22 @@ from inhouse.api.errors import install_error_handlers
 from inhouse.api.openapi import document_inference_routes
 from inhouse.config import Settings
 from inhouse.gateway.services import build_services
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def new_fastapi(title: str, lifespan: Lifespan) -> FastAPI:
+    """A FastAPI application as every inhouse process builds it."""
+    return FastAPI(
+        title=title,
+        version=__version__,
+        lifespan=lifespan,
+        # The interactive docs pages load scripts from a CDN: off. /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
+        # Metrics are ours (/metrics); no OpenTelemetry hooks, no exporter from the environment.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -31,16 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await services.close()
 
-    app = FastAPI(
-        title="inhouse",
-        version=__version__,
-        lifespan=lifespan,
-        # The interactive docs pages load scripts from a CDN: off. /openapi.json stays.
-        docs_url=None,
-        redoc_url=None,
-        # Metrics are ours (/metrics); no OpenTelemetry hooks, no exporter from the environment.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
-    )
+    app = new_fastapi("inhouse", lifespan)
     install_error_handlers(app)
     app.include_router(health_routes.router)
     app.include_router(openai_routes.router)

@@ -3,8 +3,6 @@ calls the engine, metering and metrics in order."""
 
 from __future__ import annotations
 
-import itertools
-import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ from inhouse.gateway.protocol import (
     ModelList,
 )
 from inhouse.gateway.replies import JsonReply, Reply, StreamReply
+from inhouse.gateway.request_ids import RequestIds
 from inhouse.monitor.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from inhouse.registry.models import ModelEntry
 from inhouse.tenancy.metering import UsageEvent, UsageRecorder
@@ -40,8 +39,9 @@ class _Call:
         self._started = gateway.clock()
         self._done = False
         self.model = UNRESOLVED_MODEL
-        prefix = "chatcmpl" if endpoint == CHAT_ENDPOINT else "cmpl"
-        self.request_id = f"{prefix}-{gateway.next_request_id()}"
+        self.request_id = gateway.request_ids.next(
+            "chatcmpl" if endpoint == CHAT_ENDPOINT else "cmpl"
+        )
         gateway.metrics.in_flight.inc()
 
     def finish(self, status: int, usage: TokenUsage) -> None:
@@ -90,12 +90,7 @@ class Gateway:
         self.recorder = recorder
         self.metrics = metrics
         self.clock = clock
-        # Unique across replicas and restarts without a random draw per request.
-        self._id_prefix = secrets.token_hex(8)
-        self._id_counter = itertools.count(1)
-
-    def next_request_id(self) -> str:
-        return f"{self._id_prefix}{next(self._id_counter):012x}"
+        self.request_ids = RequestIds()
 
     def list_models(self, principal: Principal) -> ModelList:
         cards = [

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from inhouse import __version__
+from inhouse.api.app import new_fastapi
 from inhouse.api.body import parse_body, read_body
 from inhouse.api.errors import install_error_handlers
 from inhouse.api.openai_routes import respond
@@ -90,14 +90,7 @@ def create_node_app(settings: Settings, engine: LocalEngine, token: str) -> Fast
         finally:
             await engine.close()
 
-    app = FastAPI(
-        title="inhouse node",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
-    )
+    app = new_fastapi("inhouse node", lifespan)
     install_error_handlers(app)
     app.router.routes[0:0] = [
         Route("/v1/chat/completions", chat, methods=["POST"]),

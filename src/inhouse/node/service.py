@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import os
-import secrets
 import time
 from collections.abc import Callable
 
@@ -17,6 +15,7 @@ from inhouse.engine.scheduler import Priority
 from inhouse.gateway import local_calls
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from inhouse.gateway.replies import Reply
+from inhouse.gateway.request_ids import RequestIds
 from inhouse.monitor.metrics import GatewayMetrics
 
 
@@ -53,8 +52,7 @@ class NodeService:
         self.engine = engine
         self.metrics = metrics
         self._clock = clock
-        self._ids = itertools.count(1)
-        self._id_prefix = secrets.token_hex(8)
+        self._request_ids = RequestIds()
 
     async def answer(
         self,
@@ -63,7 +61,7 @@ class NodeService:
     ) -> Reply:
         chat = isinstance(request, ChatCompletionRequest)
         endpoint = "chat.completions" if chat else "completions"
-        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{next(self._ids):012x}"
+        request_id = self._request_ids.next("chatcmpl" if chat else "cmpl")
         started = self._clock()
         self.metrics.in_flight.inc()
         done = False
