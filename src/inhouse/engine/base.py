@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Protocol
+
+
+class Priority(IntEnum):
+    """Lower value is served first."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
 
 
 class FinishReason(StrEnum):
@@ -90,9 +98,17 @@ class TextGenerator(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    def start(self) -> None:
+        """Begin loading; ``wait_ready`` waits for it."""
+        ...
+
     async def wait_ready(self) -> None: ...
 
-    async def prepare(self, request: GenerationRequest) -> PreparedGeneration: ...
+    async def prepare(
+        self, request: GenerationRequest, priority: Priority = Priority.NORMAL
+    ) -> PreparedGeneration:
+        """Validate and admit; raise (4xx) before anything is generated."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from inhouse.config import EngineSettings, Precision
-from inhouse.engine.base import GenerationChunk, GenerationRequest
+from inhouse.engine.base import GenerationChunk, GenerationRequest, Priority
 from inhouse.engine.batch import RunningBatch
 from inhouse.engine.precision import (
     apply_precision,
@@ -29,7 +29,7 @@ from inhouse.engine.precision import (
     kv_bytes_per_token,
     torch_dtype,
 )
-from inhouse.engine.scheduler import Priority, Scheduler, SchedulerLimits, SequenceSpec
+from inhouse.engine.scheduler import Scheduler, SchedulerLimits, SequenceSpec
 from inhouse.engine.sequence import SequenceState, ThroughputMeter
 from inhouse.errors import (
     ContextLengthExceededError,

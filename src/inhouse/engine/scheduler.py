@@ -22,17 +22,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from enum import IntEnum
 
+from inhouse.engine.base import Priority
 from inhouse.errors import InvalidRequestError, RateLimitError
-
-
-class Priority(IntEnum):
-    """Lower value is served first."""
-
-    HIGH = 0
-    NORMAL = 1
-    LOW = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 
 from inhouse.config import Settings
+from inhouse.engine.base import TextGenerator
 from inhouse.engine.local import LocalEngine
 from inhouse.engine.remote import UpstreamClient, create_session
 from inhouse.errors import NotFoundError
@@ -25,13 +26,22 @@ from inhouse.registry.models import ModelEntry, ModelKind, ModelRegistry
 
 log = logging.getLogger(__name__)
 
+LocalEngineFactory = Callable[[ModelEntry], TextGenerator]
+"""Builds the in-process engine of a local model entry (the transformers engine, or a fake)."""
+
 
 class EnginePool:
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: Settings,
+        local_engine: LocalEngineFactory | None = None,
+    ) -> None:
         self._registry = registry
         self._settings = settings
+        self._new_local_engine = local_engine or self._new_transformers_engine
         self._entries: dict[str, ModelEntry] = {}
-        self._local: dict[str, LocalEngine] = {}
+        self._local: dict[str, TextGenerator] = {}
         self._upstreams: dict[str, UpstreamClient] = {}
         self._session: aiohttp.ClientSession | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -81,13 +91,16 @@ class EnginePool:
             )
         return entry
 
-    def local(self, entry: ModelEntry) -> LocalEngine:
+    def local(self, entry: ModelEntry) -> TextGenerator:
         engine = self._local.get(entry.id)
         if engine is None:
-            engine = LocalEngine(entry.name, self._directory_resolver(entry), self._settings.engine)
+            engine = self._new_local_engine(entry)
             self._local[entry.id] = engine
             engine.start()
         return engine
+
+    def _new_transformers_engine(self, entry: ModelEntry) -> TextGenerator:
+        return LocalEngine(entry.name, self._directory_resolver(entry), self._settings.engine)
 
     def upstream(self, entry: ModelEntry) -> UpstreamClient:
         client = self._upstreams.get(entry.id)
@@ -100,7 +113,7 @@ class EnginePool:
             self._upstreams[entry.id] = client
         return client
 
-    def local_engines(self) -> list[LocalEngine]:
+    def local_engines(self) -> list[TextGenerator]:
         return list(self._local.values())
 
     def _directory_resolver(self, entry: ModelEntry) -> Callable[[], Path]:

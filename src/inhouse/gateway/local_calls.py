@@ -11,12 +11,12 @@ from inhouse.engine.base import (
     GenerationRequest,
     GenerationResult,
     PreparedGeneration,
+    Priority,
     SamplingParams,
+    TextGenerator,
     TokenUsage,
     collect,
 )
-from inhouse.engine.local import LocalEngine
-from inhouse.engine.scheduler import Priority
 from inhouse.errors import InhouseError, InvalidRequestError
 from inhouse.gateway import sse
 from inhouse.gateway.protocol import (
@@ -170,7 +170,7 @@ async def stream_events(
 
 
 async def answer(
-    engine: LocalEngine,
+    engine: TextGenerator,
     request: ChatCompletionRequest | CompletionRequest,
     request_id: str,
     model: str,

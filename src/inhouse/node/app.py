@@ -23,8 +23,8 @@ from inhouse.api.body import parse_body, read_body
 from inhouse.api.errors import install_error_handlers
 from inhouse.api.openai_routes import respond
 from inhouse.config import Settings
+from inhouse.engine.base import Priority
 from inhouse.engine.local import LocalEngine
-from inhouse.engine.scheduler import Priority
 from inhouse.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from inhouse.monitor.metrics import GatewayMetrics

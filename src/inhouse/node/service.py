@@ -8,10 +8,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from inhouse.engine.base import TokenUsage
+from inhouse.engine.base import Priority, TokenUsage
 from inhouse.engine.local import LocalEngine
 from inhouse.engine.precision import available_memory_bytes
-from inhouse.engine.scheduler import Priority
 from inhouse.gateway import local_calls
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from inhouse.gateway.replies import Reply

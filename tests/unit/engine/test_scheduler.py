@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from inhouse.engine.base import Priority
 from inhouse.engine.scheduler import (
-    Priority,
     QueueFullError,
     Scheduler,
     SchedulerLimits,

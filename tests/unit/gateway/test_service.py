@@ -1,0 +1,144 @@
+"""The request lifecycle on a fake engine: answers, usage recorded exactly once,
+metrics, streams abandoned midway, errors before anything is generated."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from inhouse.config import Settings
+from inhouse.engine.fake import FakeEngine
+from inhouse.errors import NotFoundError, RateLimitError
+from inhouse.gateway.engines import EnginePool
+from inhouse.gateway.protocol import ChatCompletionRequest
+from inhouse.gateway.replies import JsonReply, StreamReply
+from inhouse.gateway.service import Gateway
+from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.registry.models import ModelRegistry
+from inhouse.store.db import Database
+from inhouse.store.migrate import upgrade_to_head
+from inhouse.store.tables import UsageRow
+from inhouse.tenancy.metering import UsageRecorder
+from inhouse.tenancy.models import Principal, Role
+
+PRINCIPAL = Principal(tenant_id="ten_a", tenant_name="a", key_id="key_a", role=Role.DEVELOPER)
+MESSAGE = "one two three four five six"
+
+
+def chat(**fields: object) -> ChatCompletionRequest:
+    body = {"model": "echo", "messages": [{"role": "user", "content": MESSAGE}], **fields}
+    return ChatCompletionRequest.model_validate(body)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, engine: FakeEngine) -> None:
+        settings = Settings(data_dir=tmp_path, builtin_model=False)
+        self.db = Database(f"sqlite:///{tmp_path / 'g.db'}")
+        upgrade_to_head(self.db.engine)
+        registry = ModelRegistry(self.db)
+        weights = tmp_path / "weights"
+        weights.mkdir()
+        (weights / "config.json").write_text("{}")
+        registry.add_local("echo", weights)
+        self.engines = EnginePool(registry, settings, local_engine=lambda _entry: engine)
+        self.recorder = UsageRecorder(self.db, settings.metering)
+        self.metrics = GatewayMetrics()
+        self.gateway = Gateway(self.engines, self.recorder, self.metrics)
+
+    async def __aenter__(self) -> Harness:
+        await self.engines.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.engines.close()
+        await self.recorder.close()
+
+    def usage(self) -> list[tuple[int, int, int]]:
+        with self.db.session() as session:
+            rows = session.scalars(select(UsageRow).order_by(UsageRow.id)).all()
+            return [(r.status_code, r.prompt_tokens, r.completion_tokens) for r in rows]
+
+    def in_flight(self) -> float:
+        return float(self.metrics.registry.get_sample_value("inhouse_requests_in_flight") or 0)
+
+
+async def drain(events: AsyncIterator[bytes]) -> list[bytes]:
+    return [event async for event in events]
+
+
+def test_a_whole_answer_is_recorded_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Harness(tmp_path, FakeEngine("echo")) as h:
+            reply = await h.gateway.chat(PRINCIPAL, chat(max_tokens=4))
+            assert isinstance(reply, JsonReply)
+            body = orjson.loads(reply.body)
+            assert body["choices"][0]["message"]["content"] == "one two three four "
+            assert body["choices"][0]["finish_reason"] == "length"
+            assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
+            assert h.in_flight() == 0
+            await h.recorder.flush()
+            assert h.usage() == [(200, 6, 4)]
+
+    asyncio.run(scenario())
+
+
+def test_an_abandoned_stream_pays_for_what_it_received(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Harness(tmp_path, FakeEngine("echo")) as h:
+            reply = await h.gateway.chat(PRINCIPAL, chat(stream=True))
+            assert isinstance(reply, StreamReply)
+            events = reply.events
+            for _ in range(4):  # the role chunk, then three words
+                await anext(events)
+            await events.aclose()  # the client goes away
+            assert h.in_flight() == 0
+            await h.recorder.flush()
+            assert h.usage() == [(499, 6, 3)]
+
+    asyncio.run(scenario())
+
+
+def test_a_finished_stream_ends_with_usage_and_done(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Harness(tmp_path, FakeEngine("echo")) as h:
+            reply = await h.gateway.chat(
+                PRINCIPAL, chat(stream=True, stream_options={"include_usage": True}, stop=["four"])
+            )
+            assert isinstance(reply, StreamReply)
+            events = await drain(reply.events)
+            assert events[-1] == b"data: [DONE]\n\n"
+            usage = orjson.loads(events[-2][len(b"data: ") :])["usage"]
+            assert usage["completion_tokens"] == 4
+            text = "".join(
+                orjson.loads(e[len(b"data: ") :])["choices"][0]["delta"].get("content", "")
+                for e in events[:-2]
+            )
+            assert text == "one two three "
+            await h.recorder.flush()
+            assert h.usage() == [(200, 6, 4)]
+
+    asyncio.run(scenario())
+
+
+def test_refusals_raise_before_anything_is_sent_and_bill_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Harness(tmp_path, FakeEngine("echo", capacity=0)) as h:
+            with pytest.raises(NotFoundError):
+                await h.gateway.chat(PRINCIPAL, chat(model="missing"))
+            with pytest.raises(RateLimitError):
+                await h.gateway.chat(PRINCIPAL, chat(stream=True))
+            assert h.in_flight() == 0
+            await h.recorder.flush()
+            assert h.usage() == [(429, 0, 0)]
+            sample = h.metrics.registry.get_sample_value(
+                "inhouse_requests_total",
+                {"endpoint": "chat.completions", "model": "-", "status": "404"},
+            )
+            assert sample == 1
+
+    asyncio.run(scenario())
