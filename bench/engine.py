@@ -468,6 +468,7 @@ def write_json(path: str, rows: list[Row], skipped: dict[str, str], args: Any) -
             "max_tokens": args.max_tokens,
             "requests_per_client": args.requests_per_client,
             "llama_threads": args.llama_threads,
+            "settle_s": args.settle,
             "model": MODEL,
             "prompts": list(QUESTIONS),
         },

@@ -83,6 +83,8 @@ def _download_sdist(log: Path) -> Path:
     found = sorted(dl.glob("llama_cpp_python-*.tar.gz"))
     if not found:
         dl.mkdir(parents=True, exist_ok=True)
+        # "--no-binary :all:" would also build the sdist's build backend and its dependencies
+        # from source just to read its metadata (slow, fragile); naming the package is enough.
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", PACKAGE]
         _run([*cmd, "--dest", str(dl), PACKAGE], log)
         found = sorted(dl.glob("llama_cpp_python-*.tar.gz"))
