@@ -1,6 +1,6 @@
 """Engine benchmark: inhouse's local engine against naive transformers and llama.cpp.
 
-One workload: eight varied user questions (about 30-35 prompt tokens each once rendered with the
+One workload: eight varied user questions (31-41 prompt tokens each once rendered with the
 model's chat template and a one-line system message), up to ``--max-tokens`` (128) new tokens,
 greedy. Not every server can ignore the end-of-sequence token, so the questions are ones that
 make the model talk for a while and every system reports the tokens it actually generated. At

@@ -59,7 +59,7 @@ def _read_event(line: bytes, state: _Stream, now: float) -> None:
 
 
 async def stream_chat(
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     url: str,
     headers: dict[str, str],
     body: dict[str, Any],
@@ -70,7 +70,7 @@ async def stream_chat(
     state = _Stream()
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(url, data=orjson.dumps(body), headers=headers) as resp:
+            async with http.post(url, data=orjson.dumps(body), headers=headers) as resp:
                 if resp.status != 200:
                     text = (await resp.read())[:200]
                     return Outcome(
@@ -90,7 +90,7 @@ async def stream_chat(
 
 
 async def _client(
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     url: str,
     headers: dict[str, str],
     body_for: BodyFor,
@@ -100,7 +100,7 @@ async def _client(
 ) -> None:
     turn = 0
     while (body := body_for(client, turn)) is not None:
-        outcome = await stream_chat(session, url, headers, body, timeout_s)
+        outcome = await stream_chat(http, url, headers, body, timeout_s)
         sink.append(outcome)
         turn += 1
         if outcome.error is not None:
@@ -128,15 +128,10 @@ async def run_clients(
     # answers, and reusing one then fails; a loopback connect costs nothing next to a generation.
     connector = aiohttp.TCPConnector(limit=clients, limit_per_host=clients, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trust_env=False
-    ) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as http:
         t0 = time.perf_counter()
         await asyncio.gather(
-            *(
-                _client(session, url, headers, body_for, i, timeout_s, outcomes)
-                for i in range(clients)
-            )
+            *(_client(http, url, headers, body_for, i, timeout_s, outcomes) for i in range(clients))
         )
         wall = time.perf_counter() - t0
     return outcomes, wall

@@ -69,7 +69,7 @@ class NaiveBaseline:
         self.max_tokens = max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-        self.model.eval()
+        self.model.eval()  # type: ignore[no-untyped-call]
         self._stop_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
         self._samples: dict[int, Sample] = {}
 

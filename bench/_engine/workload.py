@@ -11,7 +11,7 @@ SYSTEM = "You are a helpful assistant."
 
 # Open questions that make a small instruct model talk for a while (the model may still stop
 # early: every system reports the tokens it actually generated). Rendered with the chat
-# template and the short system message above, each prompt is about 30-35 tokens.
+# template and the short system message above, each prompt is 31-41 tokens.
 QUESTIONS: tuple[str, ...] = (
     "Explain how a bicycle gear system works and why riders shift gears on hills.",
     "Describe the water cycle step by step for a curious ten-year-old.",
