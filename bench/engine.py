@@ -52,9 +52,7 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,7 +64,7 @@ from _engine import node as nd
 from _engine.load import BodyFor, Outcome, run_clients
 from _engine.naive import NaiveBaseline, Sample, replay_fifo
 from _engine.workload import MODEL, QUESTIONS, chat_body, percentile, prompt_index
-from _gateway.procs import Children
+from _gateway.procs import Children, supervised
 
 DTYPES = ("float32", "int8", "bfloat16")
 ALL_SYSTEMS = ("naive", *DTYPES, "llamacpp")
@@ -484,23 +482,14 @@ def write_json(path: str, rows: list[Row], skipped: dict[str, str], args: Any) -
 # --- main ------------------------------------------------------------------------------------
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    children = Children()
     try:
-        with tempfile.TemporaryDirectory(prefix="inhouse-engine-bench-") as tmp:
-            rows, skipped = run_all(args, children, Path(tmp))
-            children.kill_all()
+        with supervised("inhouse-engine-bench-") as (children, scratch):
+            rows, skipped = run_all(args, children, scratch)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        children.kill_all()
     add_ratios(rows)
     title = (
         f"engine benchmark: {MODEL}, {args.max_tokens} new tokens, greedy,"

@@ -28,10 +28,8 @@ import argparse
 import asyncio
 import json
 import random
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,7 @@ from _engine import mem
 from _engine import node as nd
 from _engine.load import Outcome, run_clients
 from _engine.workload import QUESTIONS, chat_body
-from _gateway.procs import Children, tail
+from _gateway.procs import Children, supervised, tail
 
 DTYPES = ("float32", "int8", "bfloat16")
 MIB = 1024 * 1024
@@ -229,26 +227,17 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
     return report(soak, args)
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    children = Children()
     try:
-        with tempfile.TemporaryDirectory(prefix="inhouse-soak-") as tmp:
-            result = run(args, children, Path(tmp))
-            children.kill_all()
+        with supervised("inhouse-soak-") as (children, scratch):
+            result = run(args, children, scratch)
     except nd.NodeError as exc:
         print(f"soak test could not start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        children.kill_all()
     print()
     print_report(result)
     why = verdict(result)

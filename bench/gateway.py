@@ -34,10 +34,8 @@ import math
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _gateway import targets as tg
-from _gateway.procs import Children, tail
+from _gateway.procs import Children, supervised, tail
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM = HERE / "_gateway" / "upstream.py"
@@ -272,23 +270,14 @@ def write_json(
 # --- main ------------------------------------------------------------------------------------
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    children = Children()
     try:
-        with tempfile.TemporaryDirectory(prefix="inhouse-bench-") as tmp:
-            rows, skipped = run_all(args, children, Path(tmp))
-            children.kill_all()
+        with supervised("inhouse-bench-") as (children, scratch):
+            rows, skipped = run_all(args, children, scratch)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        children.kill_all()
     add_comparisons(rows)
     title = f"gateway benchmark: {args.seconds:g} s per cell, warm-up {args.warmup:g} s"
     print()

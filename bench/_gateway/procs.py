@@ -8,9 +8,12 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +71,26 @@ class Children:
         for log in self._logs:
             log.close()
         self._logs.clear()
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def supervised(prefix: str) -> Iterator[tuple[Children, Path]]:
+    """Children and a scratch directory for one benchmark run.
+
+    SIGTERM ends the run like an exception, and every child is killed before the
+    scratch directory is removed, however the run ends.
+    """
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    children = Children()
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        try:
+            yield children, Path(scratch)
+        finally:
+            children.kill_all()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -4,7 +4,6 @@ own greedy generation while requests join and leave, and int8 keeps its quality.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,7 +63,7 @@ def test_greedy_output_under_batching_equals_generate(reference: tuple[Any, Any]
         generate_alone(model, tokenizer, q, n) for q, n in zip(QUESTIONS, lengths, strict=True)
     ]
 
-    async def scenario() -> tuple[list[str], int]:
+    async def scenario() -> list[str]:
         engine = LocalEngine(BUILTIN_MODEL_NAME, lambda: MODEL_DIR, EngineSettings())
         await engine.wait_ready()
 
@@ -73,24 +72,21 @@ def test_greedy_output_under_batching_equals_generate(reference: tuple[Any, Any]
             prepared = await engine.prepare(request(QUESTIONS[index], lengths[index]))
             return "".join([chunk.text async for chunk in prepared.stream()])
 
-        async def abandon() -> int:
+        async def abandon() -> str:
             prepared = await engine.prepare(request("Tell me a long story.", 200))
             stream = prepared.stream()
             for _ in range(3):
                 await anext(stream)
-            await stream.aclose()  # the client goes away mid-stream
-            await asyncio.sleep(0.5)
-            assert engine.scheduler is not None
-            return engine.scheduler.running
+            await stream.aclose()  # a client goes away while the others run
+            return ""
 
         results = await asyncio.gather(
             *(run(i, 0.15 * i) for i in range(len(QUESTIONS))), abandon()
         )
         await engine.close()
-        return list(results[:-1]), int(results[-1])
+        return list(results[:-1])
 
-    outputs, _ = asyncio.run(scenario())
-    assert outputs == expected
+    assert asyncio.run(scenario()) == expected
 
 
 def test_an_abandoned_stream_leaves_the_batch() -> None:
@@ -124,7 +120,7 @@ def test_int8_perplexity_stays_near_float32(reference: tuple[Any, Any]) -> None:
     assert int8 <= float32 * 1.15, (float32, int8)
 
 
-def test_local_directory_loads_in_each_precision(tmp_path: Path) -> None:
+def test_each_precision_answers_correctly() -> None:
     async def answer(precision: Precision) -> str:
         engine = LocalEngine(
             BUILTIN_MODEL_NAME, lambda: MODEL_DIR, EngineSettings(), precision=precision
