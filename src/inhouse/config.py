@@ -62,6 +62,13 @@ class EngineSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
 
 
+class QuotaFailureMode(StrEnum):
+    """What admission does while Redis is unreachable."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+
+
 class GatewaySettings(BaseModel):
     """The request path: caches, upstream connections."""
 
@@ -70,11 +77,26 @@ class GatewaySettings(BaseModel):
     upstream_connect_timeout_seconds: float = Field(default=10.0, gt=0.0)
     upstream_read_timeout_seconds: float = Field(default=300.0, gt=0.0)
     upstream_pool_size: int = Field(default=512, ge=1)
+    quota_cache_seconds: float = Field(
+        default=2.0, ge=0.0, description="how long a tenant's quotas are cached per replica"
+    )
+    quota_failure_mode: QuotaFailureMode = QuotaFailureMode.CLOSED
+    default_max_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="max_tokens given to a remote model when a caller with a token quota "
+        "sends none, so that its reservation bounds what it can use",
+    )
 
 
 class MeteringSettings(BaseModel):
     flush_interval_seconds: float = Field(default=0.5, gt=0.0)
     batch_size: int = Field(default=500, ge=1)
+    fsync: bool = Field(
+        default=False,
+        description="fsync the usage journal on every record: survives power loss, not "
+        "only a killed process, at the cost of a disk flush per request",
+    )
 
 
 class Settings(BaseSettings):
@@ -92,6 +114,10 @@ class Settings(BaseSettings):
     log_level: str = "info"
     secret_key: SecretStr | None = None
     node_token: SecretStr | None = None
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for quota counters shared by gateway replicas; in-process if unset",
+    )
 
     server: ServerSettings = ServerSettings()
     engine: EngineSettings = EngineSettings()
@@ -123,6 +149,10 @@ class Settings(BaseSettings):
     @property
     def admin_key_file(self) -> Path:
         return self.data_dir / "admin.key"
+
+    @property
+    def usage_journal_dir(self) -> Path:
+        return self.data_dir / "usage-journal"
 
     @property
     def secret_key_file(self) -> Path:

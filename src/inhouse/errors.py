@@ -8,11 +8,13 @@
     ├── PermissionDeniedError         403: authenticated but not allowed
     ├── NotFoundError                 404: unknown model, tenant, key ...
     ├── ConflictError                 409: the name is taken
+    ├── QuotaExceededError            409: a tenant quota (model_count ...) forbids the change
     ├── PayloadTooLargeError          413: body over the configured limit
     ├── RateLimitError                429: a limit or a full queue; carries retry_after
     ├── UpstreamRejectedError         4xx: a remote engine refused the request (status relayed)
     ├── UpstreamError                 502: a remote engine failed or answered badly
-    └── EngineUnavailableError        503: the model is not loaded (yet)
+    ├── EngineUnavailableError        503: the model is not loaded (yet)
+    └── QuotaStoreUnavailableError    503: Redis unreachable and admission fails closed
 
 Each error carries what the API needs to answer in the OpenAI error format; the
 mapping to HTTP lives in ``inhouse.api.errors`` and nowhere else.
@@ -71,6 +73,12 @@ class ConflictError(InhouseError):
     code = "conflict"
 
 
+class QuotaExceededError(InhouseError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "quota_exceeded"
+
+
 class PayloadTooLargeError(InhouseError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -105,3 +113,9 @@ class EngineUnavailableError(InhouseError):
     status_code = 503
     error_type = "server_error"
     code = "model_not_ready"
+
+
+class QuotaStoreUnavailableError(InhouseError):
+    status_code = 503
+    error_type = "server_error"
+    code = "quota_store_unavailable"

@@ -141,8 +141,14 @@ def test_body_over_the_limit_is_413(gateway: InhouseProcess, developer_key: str)
 def test_health_readiness_and_metrics(gateway: InhouseProcess, client: openai.OpenAI) -> None:
     client.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=2)
     assert httpx.get(f"{gateway.base_url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{gateway.base_url}/readyz").json()["builtin_model"] is True
-    metrics = httpx.get(f"{gateway.base_url}/metrics").text
+    readiness = httpx.get(f"{gateway.base_url}/readyz").json()
+    assert readiness["builtin_model"] is True
+    assert readiness["quota_store"] is True
+    assert httpx.get(f"{gateway.base_url}/metrics").status_code == 401
+    developer = {"Authorization": f"Bearer {client.api_key}"}
+    assert httpx.get(f"{gateway.base_url}/metrics", headers=developer).status_code == 403
+    admin = {"Authorization": f"Bearer {gateway.admin_key}"}
+    metrics = httpx.get(f"{gateway.base_url}/metrics", headers=admin).text
     assert (
         'inhouse_requests_total{endpoint="chat.completions",model="smollm2-135m-instruct",status="200"}'
         in metrics

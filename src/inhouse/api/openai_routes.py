@@ -8,15 +8,20 @@ their bodies themselves, and ``openapi.py`` documents them.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from inhouse.api.access import Require, protected
 from inhouse.api.body import parse_body, read_body
-from inhouse.api.deps import PrincipalDep, ServicesDep, authenticate, services_of
+from inhouse.api.deps import ServicesDep, services_of
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelList
 from inhouse.gateway.replies import JsonReply, Reply
+from inhouse.tenancy.models import Principal
+from inhouse.tenancy.permissions import Permission
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -33,20 +38,23 @@ def respond(reply: Reply) -> Response:
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(services: ServicesDep, principal: PrincipalDep) -> ModelList:
+async def list_models(
+    services: ServicesDep,
+    principal: Annotated[Principal, Depends(Require(Permission.MODELS_READ))],
+) -> ModelList:
     return services.gateway.list_models(principal)
 
 
-async def chat_completions(request: Request) -> Response:
-    principal = await authenticate(request)
+@protected(Permission.INFERENCE)
+async def chat_completions(request: Request, principal: Principal) -> Response:
     services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
     chat = parse_body(ChatCompletionRequest, body)
     return respond(await services.gateway.chat(principal, chat))
 
 
-async def completions(request: Request) -> Response:
-    principal = await authenticate(request)
+@protected(Permission.INFERENCE)
+async def completions(request: Request, principal: Principal) -> Response:
     services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
     completion = parse_body(CompletionRequest, body)

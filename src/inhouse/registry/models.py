@@ -7,11 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    QuotaExceededError,
+)
 from inhouse.security.api_keys import new_id
 from inhouse.store.db import Database
 from inhouse.store.tables import ModelRow, utcnow
@@ -37,10 +43,22 @@ class ModelEntry:
     url: str | None = None
     upstream_model: str | None = None
     api_key_env: str | None = None
+    tenant_id: str | None = None
+    """The owning tenant; None: shared by every tenant."""
 
     @property
     def is_local(self) -> bool:
         return self.kind is not ModelKind.REMOTE
+
+    def visible_to(self, tenant_id: str) -> bool:
+        return self.tenant_id is None or self.tenant_id == tenant_id
+
+    @property
+    def node_label(self) -> str:
+        """Where it runs, for usage records: this process, or the upstream's host."""
+        if self.url is None:
+            return "local"
+        return urlsplit(self.url).netloc
 
 
 def _entry(row: ModelRow) -> ModelEntry:
@@ -53,6 +71,7 @@ def _entry(row: ModelRow) -> ModelEntry:
         url=row.url,
         upstream_model=row.upstream_model,
         api_key_env=row.api_key_env,
+        tenant_id=row.tenant_id,
     )
 
 
@@ -68,6 +87,15 @@ def _check_name(name: str) -> None:
             "not starting with 'flow:'",
             param="name",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantOwner:
+    """The tenant a model is registered for, and how many models it may have."""
+
+    tenant_id: str
+    tenant_name: str
+    model_count: int | None = None
 
 
 class ModelRegistry:
@@ -89,7 +117,7 @@ class ModelRegistry:
     def add_builtin(self) -> ModelEntry:
         return self._insert(ModelRow(name=BUILTIN_MODEL_NAME, kind=ModelKind.BUILTIN.value))
 
-    def add_local(self, name: str, path: Path) -> ModelEntry:
+    def add_local(self, name: str, path: Path, *, owner: TenantOwner | None = None) -> ModelEntry:
         _check_name(name)
         path = path.expanduser().resolve()
         if not (path / "config.json").is_file():
@@ -97,7 +125,8 @@ class ModelRegistry:
                 f"{path} is not a directory of Hugging Face weights (no config.json)",
                 param="path",
             )
-        return self._insert(ModelRow(name=name, kind=ModelKind.LOCAL.value, path=str(path)))
+        row = ModelRow(name=name, kind=ModelKind.LOCAL.value, path=str(path))
+        return self._insert(row, owner)
 
     def add_remote(
         self,
@@ -106,6 +135,7 @@ class ModelRegistry:
         *,
         upstream_model: str | None = None,
         api_key_env: str | None = None,
+        owner: TenantOwner | None = None,
     ) -> ModelEntry:
         _check_name(name)
         if not re.match(r"^https?://[^\s/]+", url):
@@ -127,7 +157,7 @@ class ModelRegistry:
             upstream_model=upstream_model,
             api_key_env=api_key_env,
         )
-        return self._insert(row)
+        return self._insert(row, owner)
 
     def remove(self, name: str) -> ModelEntry:
         with self._db.session() as session:
@@ -137,11 +167,22 @@ class ModelRegistry:
             session.delete(row)
             return _entry(row)
 
-    def _insert(self, row: ModelRow) -> ModelEntry:
+    def _insert(self, row: ModelRow, owner: TenantOwner | None = None) -> ModelEntry:
         row.id = new_id("mdl")
         row.created_at = utcnow()
+        row.tenant_id = owner.tenant_id if owner is not None else None
         try:
             with self._db.session() as session:
+                if owner is not None and owner.model_count is not None:
+                    owned = session.scalar(
+                        select(func.count(ModelRow.id)).where(ModelRow.tenant_id == owner.tenant_id)
+                    )
+                    if (owned or 0) >= owner.model_count:
+                        raise QuotaExceededError(
+                            f"tenant {owner.tenant_name!r} has {owned} models, its model_count "
+                            f"quota is {owner.model_count}",
+                            param="model_count",
+                        )
                 session.add(row)
         except IntegrityError:
             raise ConflictError(f"model {row.name!r} already exists", param="name") from None

@@ -36,6 +36,7 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class ModelRow(Base):
@@ -48,6 +49,9 @@ class ModelRow(Base):
     url: Mapped[str | None] = mapped_column(Text, nullable=True)
     upstream_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
     api_key_env: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    tenant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -68,3 +72,27 @@ class UsageRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column()
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    node: Mapped[str] = mapped_column(String(128), default="")
+
+
+class QuotaRow(Base):
+    """Limits of a tenant (key_id "") or of one of its keys. NULL: no limit."""
+
+    __tablename__ = "quotas"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True, default="")
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tokens_per_month: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    priority: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    cpu_limit: Mapped[float | None] = mapped_column(nullable=True)
+    memory_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    model_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    storage_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

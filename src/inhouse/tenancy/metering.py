@@ -1,29 +1,30 @@
 """Usage metering: every request's tokens, written in batches off the request path.
 
-``record`` only appends to a list; a background task writes batches, and ``close``
-writes whatever is left (the server calls it on shutdown, SIGTERM included). A
-failed write keeps its batch for the next try; if the database is still unreachable
-at shutdown, the records go to a private spool file that the next start replays.
-Writes are idempotent (one row per request id), so a replay never counts twice.
+``record`` appends the event to the usage journal (a local file, before the response
+goes out) and to a list; a background task writes batches to the database, and
+``close`` writes whatever is left (the server calls it on shutdown, SIGTERM
+included). A failed write keeps its batch for the next try; whatever is not in the
+database when the process ends, by SIGKILL too, stays in the journal and the next
+start replays it. Writes are idempotent (one row per request id), so a replay never
+counts twice. A stream is recorded when it starts (status 0, in progress) and again
+when it ends; the final record replaces the first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass, fields
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 
 from inhouse.config import MeteringSettings
-from inhouse.security.secret_file import write_private_file
 from inhouse.store.db import Database
 from inhouse.store.tables import UsageRow
+from inhouse.tenancy.usage_journal import UsageJournal
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +42,31 @@ class UsageEvent:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
+    model_version: str = ""
+    node: str = ""
 
+
+IN_PROGRESS = 0
+"""The status of a stream's first record: started, not yet finished."""
 
 _COLUMNS = tuple(field.name for field in fields(UsageEvent))
 
 
 class UsageRecorder:
     def __init__(
-        self, db: Database, settings: MeteringSettings, spool_path: Path | None = None
+        self, db: Database, settings: MeteringSettings, journal: UsageJournal | None = None
     ) -> None:
         self._db = db
         self._settings = settings
-        self._spool_path = spool_path
+        self._journal = journal
         self._pending: list[UsageEvent] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
     def record(self, event: UsageEvent) -> None:
+        if self._journal is not None:
+            self._journal.append(_to_json(event))
         self._pending.append(event)
         if len(self._pending) >= self._settings.batch_size:
             self._wake.set()
@@ -68,7 +76,8 @@ class UsageRecorder:
         return len(self._pending)
 
     def start(self) -> None:
-        self._pending[:0] = self._read_spool()
+        if self._journal is not None:
+            self._pending[:0] = [_from_json(record) for record in self._journal.open()]
         self._task = asyncio.create_task(self._run(), name="usage-recorder")
 
     async def _run(self) -> None:
@@ -84,6 +93,7 @@ class UsageRecorder:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        mark = self._journal.seal() if self._journal is not None else 0
         try:
             await asyncio.to_thread(self._write, batch)
         except Exception:
@@ -91,11 +101,19 @@ class UsageRecorder:
                 "writing %d usage records failed; keeping them for the next try", len(batch)
             )
             self._pending[:0] = batch
+            return
+        if self._journal is not None:
+            self._journal.discard_sealed(mark)
 
     def _write(self, batch: list[UsageEvent]) -> None:
-        rows = [{name: getattr(event, name) for name in _COLUMNS} for event in batch]
+        rows = [{name: getattr(event, name) for name in _COLUMNS} for event in _latest(batch)]
         dialect = postgresql if self._db.engine.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(UsageRow).on_conflict_do_nothing(index_elements=["request_id"])
+        insert = dialect.insert(UsageRow)
+        statement = insert.on_conflict_do_update(
+            index_elements=["request_id"],
+            set_={name: insert.excluded[name] for name in _COLUMNS if name != "request_id"},
+            where=UsageRow.status_code == IN_PROGRESS,
+        )
         with self._db.engine.begin() as connection:
             connection.execute(statement, rows)
 
@@ -105,34 +123,25 @@ class UsageRecorder:
         if self._task is not None:
             await self._task
         await self.flush()
-        if self._pending and self._spool_path is not None:
-            self._write_spool(self._pending)
+        if self._pending:
             log.error(
-                "%d usage records could not be written; kept in %s for the next start",
+                "%d usage records could not be written; the usage journal keeps them "
+                "for the next start",
                 len(self._pending),
-                self._spool_path,
             )
-            self._pending = []
+        if self._journal is not None:
+            self._journal.close(written=not self._pending)
+        self._pending = []
 
-    def _write_spool(self, events: list[UsageEvent]) -> None:
-        assert self._spool_path is not None
-        lines = [json.dumps(_to_json(event)) for event in events]
-        previous = self._spool_path.read_text() if self._spool_path.exists() else ""
-        self._spool_path.unlink(missing_ok=True)
-        write_private_file(self._spool_path, previous + "\n".join(lines) + "\n")
 
-    def _read_spool(self) -> list[UsageEvent]:
-        if self._spool_path is None or not self._spool_path.exists():
-            return []
-        events = [
-            _from_json(json.loads(line))
-            for line in self._spool_path.read_text().splitlines()
-            if line.strip()
-        ]
-        # Replayed into memory: written with the next batch, or spooled again at close.
-        self._spool_path.unlink()
-        log.warning("replaying %d spooled usage records", len(events))
-        return events
+def _latest(batch: list[UsageEvent]) -> list[UsageEvent]:
+    """One event per request: the final one wins over a stream's in-progress record."""
+    latest: dict[str, UsageEvent] = {}
+    for event in batch:
+        seen = latest.get(event.request_id)
+        if seen is None or seen.status_code == IN_PROGRESS or event.status_code != IN_PROGRESS:
+            latest[event.request_id] = event
+    return list(latest.values())
 
 
 def _to_json(event: UsageEvent) -> dict[str, Any]:

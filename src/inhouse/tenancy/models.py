@@ -32,6 +32,7 @@ class ApiKeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    created_by: str | None = None
 
     @property
     def active(self) -> bool:
@@ -46,3 +47,5 @@ class Principal:
     tenant_name: str
     key_id: str
     role: Role
+    platform: bool = False
+    """The platform tenant's principals act across tenants (as far as their role allows)."""

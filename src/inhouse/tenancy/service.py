@@ -33,6 +33,7 @@ def _key_info(row: ApiKeyRow, tenant_name: str) -> ApiKeyInfo:
         prefix=row.prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        created_by=row.created_by,
     )
 
 
@@ -79,7 +80,9 @@ class TenantService:
                 raise NotFoundError(f"tenant {name!r} does not exist", param="tenant")
             return _tenant(row)
 
-    def create_key(self, tenant_name: str, role: Role, name: str = "") -> tuple[ApiKeyInfo, str]:
+    def create_key(
+        self, tenant_name: str, role: Role, name: str = "", *, created_by: str | None = None
+    ) -> tuple[ApiKeyInfo, str]:
         """Create a key; the plaintext is returned here and never stored."""
         tenant = self.get_tenant(tenant_name)
         if role is Role.PLATFORM_ADMIN and not tenant.is_platform:
@@ -95,26 +98,40 @@ class TenantService:
             prefix=new_key.display_prefix,
             key_hash=new_key.key_hash,
             created_at=utcnow(),
+            created_by=created_by,
         )
         with self._db.session() as session:
             session.add(row)
         return _key_info(row, tenant.name), new_key.plaintext
 
-    def list_keys(self, tenant_name: str | None = None) -> list[ApiKeyInfo]:
+    def list_keys(
+        self, tenant_name: str | None = None, *, owner: str | None = None
+    ) -> list[ApiKeyInfo]:
+        """Keys, of one tenant if named; with ``owner``, only that key and those it made."""
         query = select(ApiKeyRow, TenantRow.name).join(TenantRow)
         if tenant_name is not None:
             query = query.where(TenantRow.id == self.get_tenant(tenant_name).id)
+        if owner is not None:
+            query = query.where(or_(ApiKeyRow.id == owner, ApiKeyRow.created_by == owner))
         with self._db.session() as session:
             rows = session.execute(query.order_by(ApiKeyRow.created_at)).all()
             return [_key_info(key, tenant) for key, tenant in rows]
 
-    def revoke_key(self, key_id_or_prefix: str) -> ApiKeyInfo:
+    def revoke_key(
+        self, key_id_or_prefix: str, *, tenant_name: str | None = None, owner: str | None = None
+    ) -> ApiKeyInfo:
+        """Revoke a key; ``tenant_name`` and ``owner`` narrow where it may be found."""
+        query = (
+            select(ApiKeyRow, TenantRow.name)
+            .join(TenantRow)
+            .where(or_(ApiKeyRow.id == key_id_or_prefix, ApiKeyRow.prefix == key_id_or_prefix))
+        )
+        if tenant_name is not None:
+            query = query.where(TenantRow.name == tenant_name)
+        if owner is not None:
+            query = query.where(or_(ApiKeyRow.id == owner, ApiKeyRow.created_by == owner))
         with self._db.session() as session:
-            matches = session.execute(
-                select(ApiKeyRow, TenantRow.name)
-                .join(TenantRow)
-                .where(or_(ApiKeyRow.id == key_id_or_prefix, ApiKeyRow.prefix == key_id_or_prefix))
-            ).all()
+            matches = session.execute(query).all()
             if not matches:
                 raise NotFoundError(f"no key {key_id_or_prefix!r}", param="key")
             if len(matches) > 1:
@@ -128,15 +145,19 @@ class TenantService:
         key_hash = self._hasher.hash(plaintext)
         with self._db.session() as session:
             found = session.execute(
-                select(ApiKeyRow, TenantRow.name)
+                select(ApiKeyRow, TenantRow.name, TenantRow.is_platform)
                 .join(TenantRow)
                 .where(ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoked_at.is_(None))
             ).first()
             if found is None:
                 return None
-            row, tenant_name = found
+            row, tenant_name, is_platform = found
             return Principal(
-                tenant_id=row.tenant_id, tenant_name=tenant_name, key_id=row.id, role=Role(row.role)
+                tenant_id=row.tenant_id,
+                tenant_name=tenant_name,
+                key_id=row.id,
+                role=Role(row.role),
+                platform=is_platform,
             )
 
     def bootstrap_platform(self, admin_key_file: Path) -> Path | None:

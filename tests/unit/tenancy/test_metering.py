@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -9,7 +14,8 @@ from inhouse.config import MeteringSettings
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.store.tables import UsageRow
-from inhouse.tenancy.metering import UsageEvent, UsageRecorder
+from inhouse.tenancy.metering import IN_PROGRESS, UsageEvent, UsageRecorder
+from inhouse.tenancy.usage_journal import UsageJournal
 
 
 def event(n: int) -> UsageEvent:
@@ -54,7 +60,7 @@ def test_records_are_written_in_batches_and_flushed_on_close(database_url: str) 
     assert count(db) == (250, sum(range(250)))
 
 
-def test_a_failed_write_keeps_the_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_write_keeps_the_batch(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'm.db'}")
     recorder = UsageRecorder(db, MeteringSettings(flush_interval_seconds=60, batch_size=100))
 
@@ -71,30 +77,124 @@ def test_a_failed_write_keeps_the_batch(tmp_path) -> None:  # type: ignore[no-un
     assert count(db) == (2, 3)
 
 
-def test_records_that_cannot_be_written_at_shutdown_are_spooled_and_replayed(
-    tmp_path,  # type: ignore[no-untyped-def]
+def test_records_that_cannot_be_written_at_shutdown_stay_in_the_journal_and_replay(
+    tmp_path: Path,
 ) -> None:
     db = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    spool = tmp_path / "usage-spool.jsonl"
+    journal_dir = tmp_path / "journal"
     settings = MeteringSettings(flush_interval_seconds=60, batch_size=100)
 
     async def shut_down_without_database() -> None:
-        recorder = UsageRecorder(db, settings, spool_path=spool)
+        recorder = UsageRecorder(db, settings, UsageJournal(journal_dir))
         recorder.start()
         for n in range(5):
             recorder.record(event(n))
-        await recorder.close()  # no tables: the write fails, the spool keeps them
+        await recorder.close()  # no tables: the write fails, the journal keeps them
 
     asyncio.run(shut_down_without_database())
-    assert oct(spool.stat().st_mode & 0o777) == "0o600"
+    segments = list(journal_dir.glob("*.jsonl"))
+    assert segments
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in segments)
     upgrade_to_head(db.engine)
 
     async def restart() -> None:
-        recorder = UsageRecorder(db, settings, spool_path=spool)
+        recorder = UsageRecorder(db, settings, UsageJournal(journal_dir))
         recorder.start()
         recorder.record(event(1))  # the same request again: never counted twice
         await recorder.close()
 
     asyncio.run(restart())
     assert count(db) == (5, sum(range(5)))
-    assert not spool.exists()
+    assert list(journal_dir.glob("*.jsonl")) == []
+
+
+_KILLED_WRITER = """
+import asyncio, os, signal, sys
+from datetime import UTC, datetime
+from inhouse.config import MeteringSettings
+from inhouse.store.db import Database
+from inhouse.tenancy.metering import IN_PROGRESS, UsageEvent, UsageRecorder
+from inhouse.tenancy.usage_journal import UsageJournal
+from inhouse.tenancy.usage_journal import UsageJournal
+
+async def main() -> None:
+    db = Database(sys.argv[1])
+    recorder = UsageRecorder(
+        db, MeteringSettings(flush_interval_seconds=3600, batch_size=10**6),
+        UsageJournal(__import__("pathlib").Path(sys.argv[2])),
+    )
+    recorder.start()
+    for n in range(40):
+        recorder.record(UsageEvent(
+            request_id=f"req-{n}", created_at=datetime.now(UTC), tenant_id="ten_a",
+            key_id="key_a", model="m", endpoint="chat.completions", stream=False,
+            status_code=200, prompt_tokens=10, completion_tokens=n, latency_ms=1.0))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_process_leaves_its_records_for_the_next_start(
+    tmp_path: Path, database_url: str
+) -> None:
+    db = Database(database_url)
+    upgrade_to_head(db.engine)
+    journal_dir = tmp_path / "journal"
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, database_url, str(journal_dir)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert count(db) == (0, 0)  # nothing reached the database before the kill
+
+    async def restart() -> None:
+        recorder = UsageRecorder(db, MeteringSettings(), UsageJournal(journal_dir))
+        recorder.start()
+        await recorder.close()
+
+    asyncio.run(restart())
+    assert count(db) == (40, sum(range(40)))
+
+
+def test_a_segment_held_by_a_running_process_is_left_alone(tmp_path: Path) -> None:
+    journal_dir = tmp_path / "journal"
+    running = UsageJournal(journal_dir)
+    running.open()
+    running.append({"request_id": "req-live"})
+    other = UsageJournal(journal_dir)
+    assert other.open() == []  # the live segment is locked
+    other.close(written=True)
+    running.close(written=False)
+    assert [r["request_id"] for r in UsageJournal(journal_dir).open()] == ["req-live"]
+
+
+def test_a_line_cut_short_is_skipped(tmp_path: Path) -> None:
+    journal_dir = tmp_path / "journal"
+    journal_dir.mkdir()
+    (journal_dir / "1-1-1.jsonl").write_text('{"request_id": "a"}\n{"request_id": "b"')
+    assert [r["request_id"] for r in UsageJournal(journal_dir).open()] == ["a"]
+
+
+def test_a_streams_final_record_replaces_its_in_progress_one(database_url: str) -> None:
+    db = Database(database_url)
+    upgrade_to_head(db.engine)
+    recorder = UsageRecorder(db, MeteringSettings(flush_interval_seconds=60))
+    started = replace(event(7), status_code=IN_PROGRESS, completion_tokens=0, stream=True)
+    final = replace(event(7), stream=True)
+
+    async def scenario() -> None:
+        recorder.record(started)
+        await recorder.flush()
+        assert count(db) == (1, 0)
+        recorder.record(final)
+        recorder.record(started)  # a replayed journal: must not undo the final record
+        await recorder.flush()
+        recorder.record(started)
+        await recorder.flush()
+
+    asyncio.run(scenario())
+    assert count(db) == (1, 7)
+    with db.session() as session:
+        assert session.scalar(select(UsageRow.status_code)) == 200

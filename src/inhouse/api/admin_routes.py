@@ -1,0 +1,156 @@
+"""The admin API under /admin: tenants, keys, quotas, usage.
+
+Every route declares its permission (``Require``); a tenant named in the path is
+checked against the caller's scope first, so another tenant's name answers 404
+exactly like a name that does not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import Response
+
+from inhouse.api.access import Require
+from inhouse.api.admin_schemas import (
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    QuotaOut,
+    QuotaPatch,
+    TenantCreate,
+    TenantOut,
+    UsageReport,
+    UsageRowOut,
+)
+from inhouse.api.deps import ServicesDep
+from inhouse.errors import PermissionDeniedError
+from inhouse.tenancy.models import Principal, Role
+from inhouse.tenancy.permissions import (
+    Permission,
+    manages_all_keys,
+    scope_tenant,
+    sees_all_tenants,
+)
+from inhouse.tenancy.quotas import parse_changes
+from inhouse.tenancy.usage_report import Grouping, UsageQuery, as_rows, to_csv, usage_report
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+TenantsReader = Annotated[Principal, Depends(Require(Permission.TENANTS_READ))]
+TenantsManager = Annotated[Principal, Depends(Require(Permission.TENANTS_MANAGE))]
+KeyOwner = Annotated[Principal, Depends(Require(Permission.KEYS_OWN))]
+QuotasReader = Annotated[Principal, Depends(Require(Permission.QUOTAS_READ))]
+QuotasManager = Annotated[Principal, Depends(Require(Permission.QUOTAS_MANAGE))]
+UsageReader = Annotated[Principal, Depends(Require(Permission.USAGE_READ))]
+
+
+@router.get("/tenants", response_model=list[TenantOut])
+def list_tenants(services: ServicesDep, principal: TenantsReader) -> list[TenantOut]:
+    tenants = services.control.tenants
+    if sees_all_tenants(principal):
+        return [TenantOut.of(t) for t in tenants.list_tenants()]
+    return [TenantOut.of(tenants.get_tenant(principal.tenant_name))]
+
+
+@router.post("/tenants", response_model=TenantOut, status_code=201)
+def create_tenant(
+    body: TenantCreate, services: ServicesDep, principal: TenantsManager
+) -> TenantOut:
+    return TenantOut.of(services.control.tenants.create_tenant(body.name))
+
+
+@router.get("/tenants/{tenant}", response_model=TenantOut)
+def get_tenant(tenant: str, services: ServicesDep, principal: TenantsReader) -> TenantOut:
+    scope_tenant(principal, tenant)
+    return TenantOut.of(services.control.tenants.get_tenant(tenant))
+
+
+@router.get("/tenants/{tenant}/keys", response_model=list[KeyOut])
+def list_keys(tenant: str, services: ServicesDep, principal: KeyOwner) -> list[KeyOut]:
+    scope_tenant(principal, tenant)
+    owner = None if manages_all_keys(principal) else principal.key_id
+    return [KeyOut.of(k) for k in services.control.tenants.list_keys(tenant, owner=owner)]
+
+
+@router.post("/tenants/{tenant}/keys", response_model=KeyCreated, status_code=201)
+def create_key(
+    tenant: str, body: KeyCreate, services: ServicesDep, principal: KeyOwner
+) -> KeyCreated:
+    scope_tenant(principal, tenant)
+    if not manages_all_keys(principal) and body.role is not Role.DEVELOPER:
+        raise PermissionDeniedError(
+            f"the {principal.role.value} role may create developer keys only",
+            param="role",
+            code="insufficient_permissions",
+        )
+    info, plaintext = services.control.tenants.create_key(
+        tenant, body.role, body.name, created_by=principal.key_id
+    )
+    return KeyCreated(**KeyOut.of(info).model_dump(), key=plaintext)
+
+
+@router.delete("/tenants/{tenant}/keys/{key_id}", response_model=KeyOut)
+def revoke_key(tenant: str, key_id: str, services: ServicesDep, principal: KeyOwner) -> KeyOut:
+    scope_tenant(principal, tenant)
+    owner = None if manages_all_keys(principal) else principal.key_id
+    info = services.control.tenants.revoke_key(key_id, tenant_name=tenant, owner=owner)
+    return KeyOut.of(info)
+
+
+@router.get("/tenants/{tenant}/quotas", response_model=QuotaOut)
+def get_quotas(
+    tenant: str,
+    services: ServicesDep,
+    principal: QuotasReader,
+    key: Annotated[str | None, Query(description="a key id: that key's own quota")] = None,
+) -> QuotaOut:
+    scope_tenant(principal, tenant)
+    return QuotaOut.of(tenant, key, services.control.quotas.get(tenant, key))
+
+
+@router.patch("/tenants/{tenant}/quotas", response_model=QuotaOut)
+def update_quotas(
+    tenant: str,
+    body: QuotaPatch,
+    services: ServicesDep,
+    principal: QuotasManager,
+    key: Annotated[str | None, Query(description="a key id: set that key's own quota")] = None,
+) -> QuotaOut:
+    scope_tenant(principal, tenant)
+    changes = parse_changes(body.model_dump(exclude_unset=True))
+    return QuotaOut.of(tenant, key, services.control.quotas.update(tenant, changes, key))
+
+
+@router.get(
+    "/usage",
+    response_model=UsageReport,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def usage(
+    services: ServicesDep,
+    principal: UsageReader,
+    tenant: Annotated[str | None, Query(description="default: the caller's tenant")] = None,
+    key: Annotated[str | None, Query(description="only this key id")] = None,
+    by: Annotated[list[Grouping] | None, Query(description="day, model, key, tenant")] = None,
+    since: Annotated[date | None, Query(description="first day, UTC, inclusive")] = None,
+    until: Annotated[date | None, Query(description="last day, UTC, inclusive")] = None,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> UsageReport | Response:
+    tenant_id: str | None = principal.tenant_id
+    if tenant is not None:
+        scope_tenant(principal, tenant)
+        tenant_id = services.control.tenants.get_tenant(tenant).id
+    elif sees_all_tenants(principal):
+        tenant_id = None
+    group_by = tuple(by or (Grouping.DAY,))
+    lines = usage_report(
+        services.control.db,
+        UsageQuery(tenant_id=tenant_id, key_id=key, group_by=group_by, since=since, until=until),
+    )
+    if format == "csv":
+        return Response(to_csv(lines, group_by), media_type="text/csv")
+    return UsageReport(data=[UsageRowOut(**row) for row in as_rows(lines, group_by)])

@@ -1,0 +1,201 @@
+"""Admission counters in Redis, shared by every gateway replica.
+
+One Lua script checks every limit of every subject and reserves in the same atomic
+step, so N replicas admit exactly what one would: no budget overshoot, no limit
+multiplied by the replica count. Concurrency slots are leases in a sorted set: a
+replica killed mid-request frees its slots when the lease runs out.
+
+If Redis cannot be reached the limiter fails closed (503, nothing admitted) or open
+(admitted unmetered by Redis), as configured; ``healthy`` reports it for /readyz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from inhouse.errors import QuotaStoreUnavailableError
+from inhouse.tenancy.admission import (
+    LIMIT_NAMES,
+    Subject,
+    Ticket,
+    Windows,
+    new_ticket,
+    refusal,
+)
+
+log = logging.getLogger(__name__)
+
+_KEY_PREFIX = "inhouse:quota:"
+_WINDOW_TTL_SECONDS = {"minute": 120, "day": 2 * 86400, "month": 32 * 86400}
+
+# ARGV: now-independent scalars first, then 6 values per subject:
+#   subject id, concurrency, rpm, tpm, per-day, per-month limits (-1: none)
+# KEYS per subject: lease set, rpm, tpm, day, month counters.
+_ACQUIRE = """
+local estimate = tonumber(ARGV[1])
+local ticket = ARGV[2]
+local lease_ms = tonumber(ARGV[3])
+local ttl_minute, ttl_day, ttl_month = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = (#ARGV - 6) / 6
+for i = 0, n - 1 do
+  local a, k = 7 + i * 6, 1 + i * 5
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now_ms)
+  local checks = {
+    {tonumber(ARGV[a + 1]), redis.call('ZCARD', KEYS[k]), 1},
+    {tonumber(ARGV[a + 2]), tonumber(redis.call('GET', KEYS[k + 1]) or '0'), 1},
+    {tonumber(ARGV[a + 3]), tonumber(redis.call('GET', KEYS[k + 2]) or '0'), estimate},
+    {tonumber(ARGV[a + 4]), tonumber(redis.call('GET', KEYS[k + 3]) or '0'), estimate},
+    {tonumber(ARGV[a + 5]), tonumber(redis.call('GET', KEYS[k + 4]) or '0'), estimate},
+  }
+  for j, c in ipairs(checks) do
+    if c[1] >= 0 and c[2] + c[3] > c[1] then
+      return {i, j, c[2]}
+    end
+  end
+end
+for i = 0, n - 1 do
+  local k = 1 + i * 5
+  redis.call('ZADD', KEYS[k], now_ms + lease_ms, ticket)
+  redis.call('PEXPIRE', KEYS[k], lease_ms)
+  redis.call('INCR', KEYS[k + 1])
+  redis.call('EXPIRE', KEYS[k + 1], ttl_minute)
+  redis.call('INCRBY', KEYS[k + 2], estimate)
+  redis.call('EXPIRE', KEYS[k + 2], ttl_minute)
+  redis.call('INCRBY', KEYS[k + 3], estimate)
+  redis.call('EXPIRE', KEYS[k + 3], ttl_day)
+  redis.call('INCRBY', KEYS[k + 4], estimate)
+  redis.call('EXPIRE', KEYS[k + 4], ttl_month)
+end
+return {-1}
+"""
+
+# KEYS per subject: lease set, tpm, day, month counters. ARGV: ticket, delta.
+_SETTLE = """
+local ticket, delta = ARGV[1], tonumber(ARGV[2])
+for k = 1, #KEYS, 4 do
+  redis.call('ZREM', KEYS[k], ticket)
+  for j = 1, 3 do
+    if delta ~= 0 and redis.call('EXISTS', KEYS[k + j]) == 1 then
+      redis.call('INCRBY', KEYS[k + j], delta)
+    end
+  end
+end
+return 0
+"""
+
+
+def _keys(subject: Subject, windows: Windows) -> list[str]:
+    base = f"{_KEY_PREFIX}{subject.id}"
+    return [
+        f"{base}:leases",
+        f"{base}:rpm:{windows.minute}",
+        f"{base}:tpm:{windows.minute}",
+        f"{base}:day:{windows.day}",
+        f"{base}:month:{windows.month}",
+    ]
+
+
+class RedisLimiter:
+    def __init__(self, url: str, *, fail_open: bool, lease_seconds: float) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._fail_open = fail_open
+        self._lease_ms = int(lease_seconds * 1000)
+        self._settling: set[asyncio.Task[None]] = set()
+        self._reachable = True
+
+    async def acquire(self, subjects: Sequence[Subject], estimate: int) -> Ticket:
+        windows = Windows.at(datetime.now(UTC))
+        ticket = new_ticket(subjects, estimate, windows)
+        keys: list[str] = []
+        args: list[str | int] = [
+            estimate,
+            ticket.id,
+            self._lease_ms,
+            _WINDOW_TTL_SECONDS["minute"],
+            _WINDOW_TTL_SECONDS["day"],
+            _WINDOW_TTL_SECONDS["month"],
+        ]
+        for subject in subjects:
+            keys += _keys(subject, windows)
+            args.append(subject.id)
+            args += [_limit_arg(subject.limit(name)) for name in LIMIT_NAMES]
+        try:
+            result = await self._acquire(keys=keys, args=args)
+        except RedisError as exc:
+            return self._unreachable(exc, ticket)
+        self._reachable = True
+        if int(result[0]) >= 0:
+            subject = subjects[int(result[0])]
+            name = LIMIT_NAMES[int(result[1]) - 1]
+            needed = estimate if name.startswith("tokens") else 1
+            raise refusal(subject, name, int(result[2]), needed, windows)
+        return ticket
+
+    def _unreachable(self, exc: Exception, ticket: Ticket) -> Ticket:
+        if self._reachable:
+            log.error(
+                "Redis quota store unreachable (%s); admission fails %s",
+                exc,
+                "open: requests are admitted without quota checks"
+                if self._fail_open
+                else "closed: requests with quotas are refused",
+            )
+        self._reachable = False
+        if self._fail_open:
+            return Ticket(ticket.id, ticket.subjects, ticket.estimate, ticket.windows, False)
+        raise QuotaStoreUnavailableError(
+            "The quota store is unreachable; requests of tenants with quotas are refused "
+            "until it is back."
+        )
+
+    def settle(self, ticket: Ticket, actual_tokens: int) -> None:
+        if not ticket.enforced:
+            return
+        task = asyncio.create_task(self._settle_now(ticket, actual_tokens))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_now(self, ticket: Ticket, actual_tokens: int) -> None:
+        keys: list[str] = []
+        for subject in ticket.subjects:
+            all_keys = _keys(subject, ticket.windows)
+            keys += [all_keys[0], all_keys[2], all_keys[3], all_keys[4]]
+        try:
+            await self._settle(keys=keys, args=[ticket.id, actual_tokens - ticket.estimate])
+        except RedisError:
+            # The reservation stays counted (never an overshoot); its lease expires.
+            log.exception("settling quota ticket %s in Redis failed", ticket.id)
+
+    @property
+    def fails_closed(self) -> bool:
+        return not self._fail_open
+
+    async def reachable(self) -> bool:
+        try:
+            await self._redis.ping()
+        except RedisError as exc:
+            if self._reachable:
+                log.error("Redis quota store unreachable: %s", exc)
+            self._reachable = False
+            return False
+        self._reachable = True
+        return True
+
+    async def close(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self._redis.aclose()
+
+
+def _limit_arg(value: int | None) -> int:
+    return -1 if value is None else value
