@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
     "INHOUSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("INHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def shared_models_dir() -> Path:
@@ -64,3 +65,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+def redis_unavailable_reason() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        return None
+    except Exception as exc:
+        return f"Redis not reachable at {REDIS_URL}: {type(exc).__name__}"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis the quota tests share; each test uses its own tenant and key ids."""
+    reason = redis_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return REDIS_URL

@@ -28,6 +28,8 @@ class FakeUpstream:
     reply_text: str = "Hello from upstream"
     fail_status: int | None = None
     break_stream: bool = False
+    delay_seconds: float = 0.0
+    """How long each answer takes, so that requests overlap."""
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -69,7 +71,14 @@ class FakeUpstream:
         if self.fail_status is not None:
             error = {"message": "upstream says no", "type": "invalid_request_error", "code": "nope"}
             return web.json_response({"error": error}, status=self.fail_status)
-        usage = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        completion = min(4, body.get("max_tokens") or 4)
+        usage = {
+            "prompt_tokens": 11,
+            "completion_tokens": completion,
+            "total_tokens": 11 + completion,
+        }
         base = {"id": "up-1", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             message = {"role": "assistant", "content": self.reply_text}

@@ -3,6 +3,7 @@ subprocess on a free port, and the ``inhouse`` CLI against the same data directo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -95,6 +96,7 @@ class InhouseProcess:
         return (self.data_dir / "admin.key").read_text().strip()
 
     def new_key(self, tenant: str, role: str = "developer") -> str:
-        if tenant not in self.cli("tenants", "list").stdout:
+        listed = self.cli("tenants", "list", "--json").stdout.splitlines()
+        if tenant not in {json.loads(line)["name"] for line in listed}:
             self.cli("tenants", "create", tenant)
         return self.cli("keys", "create", "--tenant", tenant, "--role", role).stdout.strip()

@@ -37,6 +37,7 @@ _READ_ONLY = frozenset(
         Permission.QUOTAS_READ,
         Permission.USAGE_READ,
         Permission.AUDIT_READ,
+        Permission.METRICS_READ,
     }
 )
 
