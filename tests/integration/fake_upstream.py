@@ -30,6 +30,8 @@ class FakeUpstream:
     break_stream: bool = False
     delay_seconds: float = 0.0
     """How long each answer takes, so that requests overlap."""
+    full_completions: bool = False
+    """Answer with exactly max_tokens completion tokens, as a model that never stops early."""
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -73,7 +75,8 @@ class FakeUpstream:
             return web.json_response({"error": error}, status=self.fail_status)
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
-        completion = min(4, body.get("max_tokens") or 4)
+        limit = body.get("max_tokens") or 4
+        completion = limit if self.full_completions else min(4, limit)
         usage = {
             "prompt_tokens": 11,
             "completion_tokens": completion,

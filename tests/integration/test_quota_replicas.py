@@ -1,0 +1,101 @@
+"""A token budget shared by two gateway replicas through PostgreSQL and Redis: a burst
+of 200 concurrent requests never overshoots it, and the usage table adds up to exactly
+what the clients were told they used."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.integration.fake_upstream import FakeUpstream
+from tests.integration.server import InhouseProcess
+
+BUDGET = 20_000
+MAX_TOKENS = 500
+SECRET = "replicas-share-this-secret-key-0123456789"
+
+
+@pytest.fixture
+def replicas(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> Iterator[tuple[InhouseProcess, InhouseProcess]]:
+    shared = {
+        "INHOUSE_DATABASE_URL": postgres_url.replace("postgresql://", "postgresql+psycopg://"),
+        "INHOUSE_REDIS_URL": redis_url,
+        "INHOUSE_SECRET_KEY": SECRET,
+        "INHOUSE_GATEWAY__QUOTA_CACHE_SECONDS": "0.5",
+    }
+    first = InhouseProcess(tmp_path / "one", builtin_model=False, **shared)
+    second = InhouseProcess(tmp_path / "two", builtin_model=False, **shared)
+    first.start()
+    second.start()
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_two_replicas_never_overshoot_a_budget_and_meter_exactly(
+    replicas: tuple[InhouseProcess, InhouseProcess], postgres_url: str
+) -> None:
+    first, second = replicas
+    with FakeUpstream(delay_seconds=0.3, full_completions=True) as upstream:
+        key = first.new_key("acme")
+        first.cli("quotas", "set", "acme", "--tokens-per-day", str(BUDGET))
+        first.cli("models", "add", "llm", "--url", upstream.url, "--tenant", "acme")
+        body = {"model": "llm", "messages": [{"role": "user", "content": "hi"}]}
+        answers = asyncio.run(burst(first, second, key, {**body, "max_tokens": MAX_TOKENS}))
+
+    granted = [a.json()["usage"]["total_tokens"] for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(granted) + len(refused) == 200, {a.status_code for a in answers}
+    assert sum(granted) <= BUDGET  # zero overshoot
+    # A replica counting alone would admit as much again and overshoot: the burst
+    # must have used more than half the budget for this test to tell.
+    assert sum(granted) > BUDGET / 2
+    assert refused[0].json()["error"]["code"] == "tokens_per_day_exceeded"
+    assert "tenant 'acme' is over its tokens_per_day quota: 20000" in refused[0].text
+    assert int(refused[0].headers["retry-after"]) >= 1
+
+    first.stop()
+    second.stop()  # SIGTERM: both flush their usage
+    engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as connection:
+        rows, tokens = connection.execute(
+            text(
+                "SELECT count(*), sum(prompt_tokens + completion_tokens) FROM usage_records "
+                "WHERE model = 'llm' AND status_code = 200"
+            )
+        ).one()
+    engine.dispose()
+    assert (rows, tokens) == (len(granted), sum(granted))
+
+
+async def burst(
+    first: InhouseProcess, second: InhouseProcess, key: str, body: dict[str, object]
+) -> list[httpx.Response]:
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(timeout=60, headers=headers, limits=limits) as client:
+        for server in (first, second):
+            await wait_for_model(client, server.base_url)
+        return await asyncio.gather(
+            *(
+                client.post(f"{(first, second)[n % 2].base_url}/v1/chat/completions", json=body)
+                for n in range(200)
+            )
+        )
+
+
+async def wait_for_model(client: httpx.AsyncClient, base_url: str) -> None:
+    for _ in range(100):
+        if '"llm"' in (await client.get(f"{base_url}/v1/models")).text:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{base_url} never listed the model")
