@@ -7,7 +7,10 @@ HTTP/1.1 server with keep-alive) and sends the same closed-loop load to
 - ``inhouse``: ``inhouse serve`` in front of it (authentication and metering on, built-in model
   off), on a throw-away data dir with one tenant, one key and the upstream as model ``fake``;
 - ``litellm``: the LiteLLM proxy in front of it (one worker, no database, master key), installed
-  on first use into ``bench/.venv-litellm``.
+  on first use into ``bench/.venv-litellm``;
+- ``quotas``: ``inhouse`` with every quota of the tenant set (tokens per day and month, RPM,
+  TPM, concurrency; none reached), counted in-process;
+- ``redis``: the same quotas counted in Redis (``--redis-url``), as gateway replicas share them.
 
 For each target, mode (``json``: non-streaming, ``stream``: SSE with a usage chunk) and
 concurrency (1, 16, 64 by default), a separate load-generator process (aiohttp, one keep-alive
@@ -24,6 +27,7 @@ Run it with the project's virtual environment (``make bench-gateway`` does the f
     .venv/bin/python bench/gateway.py                      # 5 s per cell, about 3 minutes
     .venv/bin/python bench/gateway.py --quick              # 1.5 s per cell
     .venv/bin/python bench/gateway.py --targets direct,inhouse --concurrency 1,64 --json out.json
+    .venv/bin/python bench/gateway.py --targets direct,inhouse,quotas,redis   # cost of quotas
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ from _gateway.procs import Children, supervised, tail
 HERE = Path(__file__).resolve().parent
 UPSTREAM = HERE / "_gateway" / "upstream.py"
 LOADGEN = HERE / "_gateway" / "loadgen.py"
-ALL_TARGETS = ("direct", "inhouse", "litellm")
+ALL_TARGETS = ("direct", "inhouse", "litellm", "quotas", "redis")
+DEFAULT_TARGETS = ("direct", "inhouse", "litellm")
 MODES = ("json", "stream")
 TIMES = "\u00d7"
 Row = dict[str, Any]
@@ -59,7 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark inhouse's gateway pass-through against a fake upstream and LiteLLM."
     )
-    parser.add_argument("--targets", default=",".join(ALL_TARGETS), help="subset of %(default)s")
+    parser.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma list of {','.join(ALL_TARGETS)} (default %(default)s)",
+    )
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="Redis of the 'redis' target"
+    )
     parser.add_argument("--concurrency", default="1,16,64", help="comma list (default %(default)s)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--quick", action="store_true", help="1.5 s cells (overrides --seconds)")
@@ -129,11 +141,19 @@ def bench_target(
     return rows
 
 
-def start_target(name: str, upstream: str, children: Children, workdir: Path) -> tg.Target:
+def start_target(
+    name: str, upstream: str, children: Children, workdir: Path, redis_url: str
+) -> tg.Target:
     if name == "direct":
         target = tg.direct(upstream)
     elif name == "inhouse":
         target = tg.start_inhouse(upstream, workdir, children)
+    elif name == "quotas":
+        target = tg.start_inhouse(upstream, workdir, children, name=name, quotas=True)
+    elif name == "redis":
+        target = tg.start_inhouse(
+            upstream, workdir, children, name=name, quotas=True, redis_url=redis_url
+        )
     else:
         target = tg.start_litellm(upstream, workdir, children)
     tg.smoke_test(target)
@@ -150,7 +170,7 @@ def run_all(
     for name in args.targets:
         print(f"[{name}] starting ...", flush=True)
         try:
-            target = start_target(name, upstream, children, workdir)
+            target = start_target(name, upstream, children, workdir, args.redis_url)
         except tg.TargetError as exc:
             skipped[name] = str(exc)
             print(f"[{name}] SKIPPED: {exc}", flush=True)
@@ -181,7 +201,8 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def add_comparisons(rows: list[Row]) -> None:
-    """Add ``added_p50_ms`` (vs direct) and ``inhouse_vs_litellm_rps`` to the rows."""
+    """Add ``added_p50_ms`` (vs direct), ``inhouse_vs_litellm_rps`` and, for the quota
+    targets, ``vs_inhouse_rps`` (their throughput as a share of plain inhouse's)."""
     cells = {(r["target"], r["mode"], r["concurrency"]): r for r in rows}
     for row in rows:
         key = (row["mode"], row["concurrency"])
@@ -191,6 +212,9 @@ def add_comparisons(rows: list[Row]) -> None:
         lite = cells.get(("litellm", *key))
         if row["target"] == "inhouse" and lite and lite.get("rps"):
             row["inhouse_vs_litellm_rps"] = round(row["rps"] / lite["rps"], 3)
+        plain = cells.get(("inhouse", *key))
+        if row["target"] in ("quotas", "redis") and plain and plain.get("rps"):
+            row["vs_inhouse_rps"] = round(row["rps"] / plain["rps"], 3)
 
 
 def summary_lines(rows: list[Row], args: argparse.Namespace) -> list[str]:
@@ -198,17 +222,29 @@ def summary_lines(rows: list[Row], args: argparse.Namespace) -> list[str]:
     added = cells.get(("inhouse", "json", 1), {}).get("added_p50_ms")
     c_hi = 64 if 64 in args.concurrency else max(args.concurrency)
     ratio = cells.get(("inhouse", "json", c_hi), {}).get("inhouse_vs_litellm_rps")
-    return [
+    lines = [
         f"inhouse added p50 at c=1 (json): {_fmt(added, 2)} ms",
         f"inhouse/litellm throughput at c={c_hi} (json): {_fmt(ratio, 2)}{TIMES}",
     ]
+    plain = cells.get(("inhouse", "json", 1), {}).get("p50_ms")
+    for name in ("quotas", "redis"):
+        p50 = cells.get((name, "json", 1), {}).get("p50_ms")
+        share = cells.get((name, "json", c_hi), {}).get("vs_inhouse_rps")
+        if p50 is not None and plain is not None:
+            lines.append(
+                f"{name}: p50 at c=1 (json) {_fmt(p50 - plain, 3)} ms over inhouse; "
+                f"throughput at c={c_hi} {_fmt(share, 2)}{TIMES} inhouse's"
+            )
+    return lines
 
 
-COLUMNS = ("target", "mode", "conc", "req/s", "p50 ms", "p99 ms", "errors", "+p50 ms", "ih/litellm")
+COLUMNS = (
+    "target", "mode", "conc", "req/s", "p50 ms", "p99 ms", "errors", "+p50 ms", "ratio",
+)  # fmt: skip
 
 
 def table_cells(row: Row) -> list[str]:
-    ratio = row.get("inhouse_vs_litellm_rps")
+    ratio = row.get("inhouse_vs_litellm_rps", row.get("vs_inhouse_rps"))
     return [
         row["target"],
         row["mode"],
@@ -282,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     title = f"gateway benchmark: {args.seconds:g} s per cell, warm-up {args.warmup:g} s"
     print()
     print_table(rows, skipped, title)
+    print(f"ratio: inhouse rows, req/s {TIMES} LiteLLM's; quotas and redis rows, {TIMES} inhouse's")
     for name, why in skipped.items():
         print(f"{name} skipped: {why.splitlines()[0][:200]}")
     for line in summary_lines(rows, args):

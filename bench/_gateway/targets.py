@@ -100,9 +100,26 @@ def _inhouse_cli(python: str, args: list[str], env: dict[str, str], cwd: Path) -
     return done.stdout
 
 
-def start_inhouse(upstream_url: str, workdir: Path, children: Children) -> Target:
+# Every limit on and far from reached: each request is estimated, reserved and settled.
+BENCH_QUOTAS = [
+    "--tokens-per-day", "1000000000000", "--tokens-per-month", "1000000000000",
+    "--rpm", "1000000000", "--tpm", "1000000000000", "--concurrency", "100000",
+]  # fmt: skip
+
+
+def start_inhouse(
+    upstream_url: str,
+    workdir: Path,
+    children: Children,
+    *,
+    name: str = "inhouse",
+    quotas: bool = False,
+    redis_url: str | None = None,
+) -> Target:
+    """``inhouse serve`` in front of the upstream; with ``quotas``, every limit is set for
+    the bench tenant (counted in-process, or in Redis when ``redis_url`` is given)."""
     python = _inhouse_python()
-    data_dir = workdir / "inhouse-data"
+    data_dir = workdir / f"{name}-data"
     data_dir.mkdir()
     env = {
         **os.environ,
@@ -111,7 +128,11 @@ def start_inhouse(upstream_url: str, workdir: Path, children: Children) -> Targe
         "INHOUSE_BUILTIN_MODEL": "false",
         "INHOUSE_LOG_LEVEL": "warning",
     }
+    if redis_url is not None:
+        env["INHOUSE_REDIS_URL"] = redis_url
     _inhouse_cli(python, ["tenants", "create", "bench"], env, workdir)
+    if quotas:
+        _inhouse_cli(python, ["quotas", "set", "bench", *BENCH_QUOTAS], env, workdir)
     keys = KEY_RE.findall(
         _inhouse_cli(python, ["keys", "create", "--tenant", "bench"], env, workdir)
     )
@@ -120,14 +141,14 @@ def start_inhouse(upstream_url: str, workdir: Path, children: Children) -> Targe
     add = ["models", "add", "fake", "--url", upstream_url, "--upstream-model", "fake-model"]
     _inhouse_cli(python, add, env, workdir)
     port = free_port()
-    log = workdir / "inhouse.log"
+    log = workdir / f"{name}.log"
     serve = [python, "-m", "inhouse", "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = children.spawn(serve, env, workdir, log)
     base = f"http://127.0.0.1:{port}"
     err = wait_ready(base + "/readyz", proc, READY_TIMEOUT_S)
     if err:
         raise TargetError(f"inhouse serve: {err}\n{tail(log)}")
-    return Target("inhouse", base + "/v1", keys[-1], "fake", proc)
+    return Target(name, base + "/v1", keys[-1], "fake", proc)
 
 
 # --- LiteLLM ---------------------------------------------------------------------------------

@@ -53,8 +53,11 @@ class InhouseProcess:
             raise AssertionError(f"inhouse {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def start(self, timeout: float = 180.0, *command: str) -> InhouseProcess:
-        """Start ``inhouse serve`` (or the given command, e.g. ``node --model M``)."""
+    def start(
+        self, timeout: float = 180.0, *command: str, require_ready: bool = True
+    ) -> InhouseProcess:
+        """Start ``inhouse serve`` (or the given command, e.g. ``node --model M``) and wait
+        until /readyz answers 200 (or, without ``require_ready``, answers at all)."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -76,7 +79,8 @@ class InhouseProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"inhouse serve exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                status = httpx.get(f"{self.base_url}/readyz", timeout=2).status_code
+                if status == 200 or not require_ready:
                     return self
             except httpx.HTTPError:
                 pass

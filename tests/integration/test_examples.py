@@ -40,3 +40,22 @@ def test_curl_example_names_paris(gateway: InhouseProcess) -> None:
         check=True,
     )
     assert "Paris" in result.stdout
+
+
+def test_admin_api_example_of_the_tenancy_doc(gateway: InhouseProcess) -> None:
+    doc = (REPO / "docs" / "tenancy.md").read_text()
+    block = doc.split('```bash\nADMIN="', 1)[1].split("```", 1)[0]
+    command = ('ADMIN="' + block).replace("http://127.0.0.1:8000", gateway.base_url)
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=gateway.data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    out = result.stdout
+    assert '"name":"cardiology"' in out
+    assert '"tokens_per_day":1000000' in out and '"memory_limit":34359738368' in out
+    assert '"role":"tenant-admin"' in out and '"key":"ih_' in out
+    assert "tenant,model,requests,failed,prompt_tokens,completion_tokens,total_tokens" in out

@@ -5,6 +5,7 @@ what the clients were told they used."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,9 +83,9 @@ async def burst(
 ) -> list[httpx.Response]:
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=200)
+    for server in (first, second):
+        wait_for_model(server.base_url, key)
     async with httpx.AsyncClient(timeout=60, headers=headers, limits=limits) as client:
-        for server in (first, second):
-            await wait_for_model(client, server.base_url)
         return await asyncio.gather(
             *(
                 client.post(f"{(first, second)[n % 2].base_url}/v1/chat/completions", json=body)
@@ -93,9 +94,47 @@ async def burst(
         )
 
 
-async def wait_for_model(client: httpx.AsyncClient, base_url: str) -> None:
+def wait_for_model(base_url: str, key: str) -> None:
     for _ in range(100):
-        if '"llm"' in (await client.get(f"{base_url}/v1/models")).text:
+        if '"llm"' in httpx.get(f"{base_url}/v1/models", headers=auth(key)).text:
             return
-        await asyncio.sleep(0.1)
+        time.sleep(0.1)
     raise AssertionError(f"{base_url} never listed the model")
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_an_unreachable_redis_fails_as_configured_and_readyz_says_so(
+    tmp_path: Path, mode: str
+) -> None:
+    server = InhouseProcess(
+        tmp_path / "data",
+        builtin_model=False,
+        INHOUSE_REDIS_URL="redis://127.0.0.1:1/0",  # nothing listens there
+        INHOUSE_GATEWAY__QUOTA_FAILURE_MODE=mode,
+    )
+    with FakeUpstream() as upstream:
+        server.start(require_ready=mode == "open")
+        try:
+            limited, free = server.new_key("limited"), server.new_key("free")
+            server.cli("quotas", "set", "limited", "--rpm", "100")
+            server.cli("models", "add", "llm", "--url", upstream.url)
+            readiness = httpx.get(f"{server.base_url}/readyz")
+            assert readiness.json()["quota_store"] is False
+            assert readiness.status_code == (503 if mode == "closed" else 200)
+            body = {"model": "llm", "messages": [{"role": "user", "content": "hi"}]}
+            with httpx.Client(base_url=server.base_url, timeout=30) as http:
+                wait_for_model(server.base_url, free)
+                answer = http.post("/v1/chat/completions", json=body, headers=auth(limited))
+                assert answer.status_code == (503 if mode == "closed" else 200)
+                if mode == "closed":
+                    assert answer.json()["error"]["code"] == "quota_store_unavailable"
+                # A tenant without quotas never needs Redis.
+                free_answer = http.post("/v1/chat/completions", json=body, headers=auth(free))
+                assert free_answer.status_code == 200
+        finally:
+            server.stop()
+    assert "Redis quota store unreachable" in server.log_path.read_text()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

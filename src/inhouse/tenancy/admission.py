@@ -11,8 +11,9 @@ gateway replicas (``inhouse.tenancy.redis_limiter``).
 from __future__ import annotations
 
 import math
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -61,12 +62,14 @@ def subjects_of(principal: Principal, limits: Limits) -> tuple[Subject, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Windows:
-    """The fixed windows a moment falls in, and when each ends."""
+    """The fixed windows (UTC) a moment falls in, and when each ends (epoch seconds)."""
 
     minute: str
     day: str
     month: str
-    seconds_left: dict[str, float]
+    minute_ends: float
+    day_ends: float
+    month_ends: float
 
     @classmethod
     def at(cls, now: datetime) -> Windows:
@@ -74,16 +77,13 @@ class Windows:
         day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
         month_start = day_start.replace(day=1)
         next_month = (month_start + timedelta(days=32)).replace(day=1)
-        left = {
-            "minute": (minute_start + timedelta(minutes=1) - now).total_seconds(),
-            "day": (day_start + timedelta(days=1) - now).total_seconds(),
-            "month": (next_month - now).total_seconds(),
-        }
         return cls(
             minute=minute_start.strftime("%Y%m%d%H%M"),
             day=day_start.strftime("%Y%m%d"),
             month=month_start.strftime("%Y%m"),
-            seconds_left=left,
+            minute_ends=(minute_start + timedelta(minutes=1)).timestamp(),
+            day_ends=(day_start + timedelta(days=1)).timestamp(),
+            month_ends=next_month.timestamp(),
         )
 
     def window_of(self, limit_name: str) -> str:
@@ -93,14 +93,30 @@ class Windows:
             return self.day
         return self.month
 
-    def retry_after(self, limit_name: str) -> float:
+    def retry_after(self, limit_name: str, now: float) -> float:
+        """Seconds until the window of ``limit_name`` ends (1 for concurrency)."""
         if limit_name == "concurrency":
             return 1.0
         if limit_name.endswith("_minute"):
-            return self.seconds_left["minute"]
+            return self.minute_ends - now
         if limit_name.endswith("_day"):
-            return self.seconds_left["day"]
-        return self.seconds_left["month"]
+            return self.day_ends - now
+        return self.month_ends - now
+
+
+class WindowClock:
+    """The current windows, worked out once a minute rather than on every request."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._windows: Windows | None = None
+
+    def now(self) -> tuple[Windows, float]:
+        now = self._clock()
+        windows = self._windows
+        if windows is None or not windows.minute_ends - 60.0 <= now < windows.minute_ends:
+            windows = self._windows = Windows.at(datetime.fromtimestamp(now, UTC))
+        return windows, now
 
 
 def token_counter_names() -> tuple[str, ...]:
@@ -123,7 +139,7 @@ def new_ticket(subjects: Sequence[Subject], estimate: int, windows: Windows) -> 
 
 
 def refusal(
-    subject: Subject, limit_name: str, used: int, needed: int, windows: Windows
+    subject: Subject, limit_name: str, used: int, needed: int, windows: Windows, now: float
 ) -> RateLimitError:
     limit = subject.limit(limit_name)
     unit = _UNITS[limit_name]
@@ -133,7 +149,7 @@ def refusal(
         detail = f"{used} used or reserved, this request needs up to {needed}"
     return RateLimitError(
         f"{subject.label} is over its {limit_name} quota: {limit} {unit}, {detail}",
-        retry_after_seconds=math.ceil(windows.retry_after(limit_name)),
+        retry_after_seconds=max(1, math.ceil(windows.retry_after(limit_name, now))),
         code=f"{limit_name}_exceeded",
     )
 
@@ -165,8 +181,8 @@ class LocalLimiter:
     Everything runs on the event loop without awaiting, so each acquire is atomic.
     """
 
-    def __init__(self, now: type[datetime] = datetime) -> None:
-        self._now = now
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._windows = WindowClock(clock)
         self._in_flight: dict[str, int] = {}
         # (subject, counter name) -> (window id, value); a new window starts from zero.
         self._counters: dict[tuple[str, str], tuple[str, int]] = {}
@@ -184,7 +200,7 @@ class LocalLimiter:
         self._counters[(subject, name)] = (window, (current[1] if current else 0) + amount)
 
     async def acquire(self, subjects: Sequence[Subject], estimate: int) -> Ticket:
-        windows = Windows.at(self._now.now(UTC))
+        windows, now = self._windows.now()
         for subject in subjects:
             for name in LIMIT_NAMES:
                 limit = subject.limit(name)
@@ -197,7 +213,7 @@ class LocalLimiter:
                 else:
                     used, needed = self._value(subject.id, name, windows.window_of(name)), estimate
                 if used + needed > limit:
-                    raise refusal(subject, name, used, needed, windows)
+                    raise refusal(subject, name, used, needed, windows, now)
         for subject in subjects:
             self._in_flight[subject.id] = self._in_flight.get(subject.id, 0) + 1
             self._add(subject.id, "requests_per_minute", windows.minute, 1)

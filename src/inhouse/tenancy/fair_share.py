@@ -28,6 +28,7 @@ from enum import StrEnum
 from fractions import Fraction
 
 from inhouse.errors import InvalidRequestError
+from inhouse.tenancy.quotas import Quota
 
 DEFAULT_CAP_FRACTION = 0.30
 _GIB = 1 << 30
@@ -93,6 +94,11 @@ class TenantLimits:
         if resource is Resource.MEMORY:
             return self.memory
         return self.gpus
+
+    @classmethod
+    def from_quota(cls, quota: Quota, weight: float = 1.0) -> TenantLimits:
+        """A tenant's limits as ``inhouse quotas set --cpu … --memory …`` stored them."""
+        return cls(cpu=quota.cpu_limit, memory=quota.memory_limit, weight=weight)
 
 
 @dataclass(frozen=True, slots=True)

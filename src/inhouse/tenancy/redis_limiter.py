@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -24,6 +23,7 @@ from inhouse.tenancy.admission import (
     LIMIT_NAMES,
     Subject,
     Ticket,
+    WindowClock,
     Windows,
     new_ticket,
     refusal,
@@ -32,6 +32,8 @@ from inhouse.tenancy.admission import (
 log = logging.getLogger(__name__)
 
 _KEY_PREFIX = "inhouse:quota:"
+_MAX_CONNECTIONS = 64
+_TIMEOUT_SECONDS = 2.0
 _WINDOW_TTL_SECONDS = {"minute": 120, "day": 2 * 86400, "month": 32 * 86400}
 
 # ARGV: now-independent scalars first, then 6 values per subject:
@@ -105,16 +107,23 @@ def _keys(subject: Subject, windows: Windows) -> list[str]:
 
 class RedisLimiter:
     def __init__(self, url: str, *, fail_open: bool, lease_seconds: float) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # Admission's pool blocks: a burst waits for a free connection instead of failing.
+        # Settlement has a connection of its own, so a burst of admissions never starves it.
+        self._redis = _client(url, _MAX_CONNECTIONS)
+        self._settler_redis = _client(url, 1)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._settle = self._redis.register_script(_SETTLE)
         self._fail_open = fail_open
+        self._windows = WindowClock()
         self._lease_ms = int(lease_seconds * 1000)
-        self._settling: set[asyncio.Task[None]] = set()
+        self._to_settle: list[tuple[Ticket, int]] = []
+        self._settle_wake = asyncio.Event()
+        self._settler: asyncio.Task[None] | None = None
+        self._closing = False
         self._reachable = True
 
     async def acquire(self, subjects: Sequence[Subject], estimate: int) -> Ticket:
-        windows = Windows.at(datetime.now(UTC))
+        windows, now = self._windows.now()
         ticket = new_ticket(subjects, estimate, windows)
         keys: list[str] = []
         args: list[str | int] = [
@@ -138,7 +147,7 @@ class RedisLimiter:
             subject = subjects[int(result[0])]
             name = LIMIT_NAMES[int(result[1]) - 1]
             needed = estimate if name.startswith("tokens") else 1
-            raise refusal(subject, name, int(result[2]), needed, windows)
+            raise refusal(subject, name, int(result[2]), needed, windows, now)
         return ticket
 
     def _unreachable(self, exc: Exception, ticket: Ticket) -> Ticket:
@@ -159,22 +168,39 @@ class RedisLimiter:
         )
 
     def settle(self, ticket: Ticket, actual_tokens: int) -> None:
+        """Queue the settlement; one background task sends queued ones in a pipeline."""
         if not ticket.enforced:
             return
-        task = asyncio.create_task(self._settle_now(ticket, actual_tokens))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._to_settle.append((ticket, actual_tokens))
+        self._settle_wake.set()
+        if self._settler is None:
+            self._settler = asyncio.create_task(self._settle_forever(), name="quota-settle")
 
-    async def _settle_now(self, ticket: Ticket, actual_tokens: int) -> None:
-        keys: list[str] = []
-        for subject in ticket.subjects:
-            all_keys = _keys(subject, ticket.windows)
-            keys += [all_keys[0], all_keys[2], all_keys[3], all_keys[4]]
+    async def _settle_forever(self) -> None:
+        while True:
+            await self._settle_wake.wait()
+            self._settle_wake.clear()
+            await self._settle_queued()
+            if self._closing:
+                return
+
+    async def _settle_queued(self) -> None:
+        batch, self._to_settle = self._to_settle, []
+        if not batch:
+            return
         try:
-            await self._settle(keys=keys, args=[ticket.id, actual_tokens - ticket.estimate])
+            async with self._settler_redis.pipeline(transaction=False) as pipe:
+                for ticket, actual_tokens in batch:
+                    keys: list[str] = []
+                    for subject in ticket.subjects:
+                        leases, _, tpm, day, month = _keys(subject, ticket.windows)
+                        keys += [leases, tpm, day, month]
+                    delta = actual_tokens - ticket.estimate
+                    await self._settle(keys=keys, args=[ticket.id, delta], client=pipe)
+                await pipe.execute()
         except RedisError:
-            # The reservation stays counted (never an overshoot); its lease expires.
-            log.exception("settling quota ticket %s in Redis failed", ticket.id)
+            # The reservations stay counted (never an overshoot); their leases expire.
+            log.exception("settling %d quota tickets in Redis failed", len(batch))
 
     @property
     def fails_closed(self) -> bool:
@@ -192,9 +218,24 @@ class RedisLimiter:
         return True
 
     async def close(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
-        await self._redis.aclose()
+        self._closing = True  # the settler sends what is queued, then ends
+        if self._settler is not None and not self._settler.done():
+            self._settle_wake.set()
+            await self._settler
+        for client in (self._redis, self._settler_redis):
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+
+def _client(url: str, connections: int) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=connections,
+        timeout=_TIMEOUT_SECONDS,
+        socket_timeout=_TIMEOUT_SECONDS,
+        socket_connect_timeout=_TIMEOUT_SECONDS,
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def _limit_arg(value: int | None) -> int:

@@ -14,17 +14,22 @@ from sqlalchemy import select
 from inhouse.config import Settings
 from inhouse.engine.fake import FakeEngine
 from inhouse.errors import NotFoundError, RateLimitError
+from inhouse.gateway.admission import Admission, estimate_tokens
 from inhouse.gateway.engines import EnginePool
 from inhouse.gateway.protocol import ChatCompletionRequest
 from inhouse.gateway.replies import JsonReply, StreamReply
 from inhouse.gateway.service import Gateway
 from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.registry.models import ModelRegistry
+from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.store.tables import UsageRow
+from inhouse.tenancy.admission import LocalLimiter
 from inhouse.tenancy.metering import UsageRecorder
 from inhouse.tenancy.models import Principal, Role
+from inhouse.tenancy.quotas import LimitsCache, QuotaService
+from inhouse.tenancy.service import TenantService
 
 PRINCIPAL = Principal(tenant_id="ten_a", tenant_name="a", key_id="key_a", role=Role.DEVELOPER)
 MESSAGE = "one two three four five six"
@@ -48,7 +53,17 @@ class Harness:
         self.engines = EnginePool(registry, settings, local_engine=lambda _entry: engine)
         self.recorder = UsageRecorder(self.db, settings.metering)
         self.metrics = GatewayMetrics()
-        self.gateway = Gateway(self.engines, self.recorder, self.metrics)
+        self.quotas = QuotaService(self.db)
+        limits = LimitsCache(self.quotas, ttl_seconds=0.0)
+        self.admission = Admission(limits, LocalLimiter(), settings)
+        self.gateway = Gateway(self.engines, self.recorder, self.metrics, self.admission)
+
+    def tenant_with_quota(self, **quota: object) -> Principal:
+        tenants = TenantService(self.db, ApiKeyHasher(b"k" * 32))
+        tenant = tenants.create_tenant("acme")
+        key, _ = tenants.create_key("acme", Role.DEVELOPER)
+        self.quotas.update("acme", quota)
+        return Principal(tenant.id, "acme", key.id, Role.DEVELOPER)
 
     async def __aenter__(self) -> Harness:
         await self.engines.start()
@@ -140,5 +155,48 @@ def test_refusals_raise_before_anything_is_sent_and_bill_nothing(tmp_path: Path)
                 {"endpoint": "chat.completions", "model": "-", "status": "404"},
             )
             assert sample == 1
+
+    asyncio.run(scenario())
+
+
+def test_an_abandoned_stream_frees_its_slot_and_pays_only_what_it_received(
+    tmp_path: Path,
+) -> None:
+    stream = chat(stream=True, max_tokens=6)
+    budget = estimate_tokens(stream, 0) + 100
+    # A follow-up whose reservation fits only if the stream gave back what it did not use.
+    follow_up = next(
+        request
+        for request in (chat(max_tokens=m) for m in range(1, 1000))
+        if estimate_tokens(request, 0) in (budget - 8, budget - 9)
+    )
+
+    async def scenario() -> None:
+        async with Harness(tmp_path, FakeEngine("echo")) as h:
+            acme = h.tenant_with_quota(concurrency=1, tokens_per_day=budget)
+            reply = await h.gateway.chat(acme, stream)
+            assert isinstance(reply, StreamReply)
+            with pytest.raises(RateLimitError, match="concurrency"):
+                await h.gateway.chat(acme, chat(max_tokens=1))
+            events = reply.events
+            for _ in range(3):  # the role chunk, then two words
+                await anext(events)
+            await events.aclose()  # the client goes away: 6 + 2 tokens are settled
+            assert isinstance(await h.gateway.chat(acme, follow_up), JsonReply)
+            with pytest.raises(RateLimitError, match="tokens_per_day"):
+                await h.gateway.chat(acme, follow_up)
+            await h.recorder.flush()
+            assert h.usage() == [(499, 6, 2), (200, 6, 6)]
+
+    asyncio.run(scenario())
+
+
+def test_a_request_the_engine_refuses_releases_its_reservation(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Harness(tmp_path, FakeEngine("echo", capacity=0)) as h:
+            acme = h.tenant_with_quota(concurrency=1, requests_per_minute=100)
+            for _ in range(3):  # the engine's 429, never the concurrency quota's
+                with pytest.raises(RateLimitError, match="at capacity"):
+                    await h.gateway.chat(acme, chat())
 
     asyncio.run(scenario())

@@ -135,29 +135,26 @@ def test_concurrent_acquires_never_overshoot(limiter_factory: Callable[[], Limit
 
 
 def test_windows_end_at_minute_day_and_month_boundaries() -> None:
-    windows = Windows.at(datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC))
+    moment = datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC)
+    windows = Windows.at(moment)
     assert (windows.minute, windows.day, windows.month) == ("202612312359", "20261231", "202612")
-    assert windows.retry_after("requests_per_minute") == 30
-    assert windows.retry_after("tokens_per_day") == 30
-    assert windows.retry_after("tokens_per_month") == 30
+    now = moment.timestamp()
+    assert windows.retry_after("requests_per_minute", now) == 30
+    assert windows.retry_after("tokens_per_day", now) == 30
+    assert windows.retry_after("tokens_per_month", now) == 30
+    assert windows.retry_after("concurrency", now) == 1
 
 
 def test_a_new_day_starts_from_zero() -> None:
-    class Clock:
-        moment = datetime(2026, 11, 25, 23, 59, tzinfo=UTC)
-
-        @classmethod
-        def now(cls, tz: object = None) -> datetime:
-            return cls.moment
-
+    moment = [datetime(2026, 11, 25, 23, 59, tzinfo=UTC)]
     acme = subject(tokens_per_day=100)
-    limiter = LocalLimiter(now=Clock)  # type: ignore[arg-type]
+    limiter = LocalLimiter(clock=lambda: moment[0].timestamp())
 
     async def scenario() -> None:
         limiter.settle(await limiter.acquire([acme], 100), 100)
         with pytest.raises(RateLimitError):
             await limiter.acquire([acme], 1)
-        Clock.moment = datetime(2026, 11, 26, 0, 1, tzinfo=UTC)
+        moment[0] = datetime(2026, 11, 26, 0, 1, tzinfo=UTC)
         await limiter.acquire([acme], 100)
 
     asyncio.run(scenario())

@@ -29,6 +29,7 @@ from inhouse.tenancy.fair_share import (
     WorkKind,
     allocate,
 )
+from inhouse.tenancy.quotas import Quota
 
 GIB = 1 << 30
 TENANTS = ("a", "b", "c", "d")
@@ -390,3 +391,10 @@ def test_weighted_tenants_with_identical_streams_end_within_one_item_of_their_we
     weight_a, weight_b = weights  # (placed_a - 1) / weight_a <= placed_b / weight_b, exactly:
     assert (placed["a"] - 1) * weight_b <= placed["b"] * weight_a
     assert (placed["b"] - 1) * weight_a <= placed["a"] * weight_b
+
+
+def test_limits_come_from_the_tenants_quota() -> None:
+    quota = Quota(cpu_limit=0.5, memory_limit=32 * GIB, tokens_per_day=10)
+    assert TenantLimits.from_quota(quota, weight=2.0) == TenantLimits(
+        cpu=0.5, memory=32 * GIB, weight=2.0
+    )
