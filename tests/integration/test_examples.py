@@ -27,34 +27,28 @@ def test_python_example_names_paris(gateway: InhouseProcess) -> None:
     assert "Paris" in result.stdout
 
 
-def test_curl_example_names_paris(gateway: InhouseProcess) -> None:
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("```bash\ncurl", 1)[1].split("```", 1)[0]
-    command = ("curl" + block).replace("http://127.0.0.1:8000", gateway.base_url)
+def run_shell_block(document: str, opening: str, gateway: InhouseProcess) -> str:
+    """Run the first ```bash block of a document that starts with ``opening``, against
+    the gateway, from the directory holding its ``data`` directory; return its output."""
+    text = (REPO / document).read_text()
+    block = opening + text.split("```bash\n" + opening, 1)[1].split("```", 1)[0]
     result = subprocess.run(
-        ["bash", "-c", command],
+        ["bash", "-c", block.replace("http://127.0.0.1:8000", gateway.base_url)],
         cwd=gateway.data_dir.parent,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    assert "Paris" in result.stdout
+    return result.stdout
+
+
+def test_curl_example_names_paris(gateway: InhouseProcess) -> None:
+    assert "Paris" in run_shell_block("README.md", "curl", gateway)
 
 
 def test_admin_api_example_of_the_tenancy_doc(gateway: InhouseProcess) -> None:
-    doc = (REPO / "docs" / "tenancy.md").read_text()
-    block = doc.split('```bash\nADMIN="', 1)[1].split("```", 1)[0]
-    command = ('ADMIN="' + block).replace("http://127.0.0.1:8000", gateway.base_url)
-    result = subprocess.run(
-        ["bash", "-c", command],
-        cwd=gateway.data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    out = result.stdout
+    out = run_shell_block("docs/tenancy.md", 'ADMIN="', gateway)
     assert '"name":"cardiology"' in out
     assert '"tokens_per_day":1000000' in out and '"memory_limit":34359738368' in out
     assert '"role":"tenant-admin"' in out and '"key":"ih_' in out

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from inhouse.errors import QuotaStoreUnavailableError
 from inhouse.tenancy.admission import (
@@ -189,18 +189,25 @@ class RedisLimiter:
         if not batch:
             return
         try:
-            async with self._settler_redis.pipeline(transaction=False) as pipe:
-                for ticket, actual_tokens in batch:
-                    keys: list[str] = []
-                    for subject in ticket.subjects:
-                        leases, _, tpm, day, month = _keys(subject, ticket.windows)
-                        keys += [leases, tpm, day, month]
-                    delta = actual_tokens - ticket.estimate
-                    await self._settle(keys=keys, args=[ticket.id, delta], client=pipe)
-                await pipe.execute()
+            try:
+                await self._send_settlements(batch)
+            except NoScriptError:  # Redis restarted and forgot the script: load it, once
+                await self._settler_redis.script_load(_SETTLE)
+                await self._send_settlements(batch)
         except RedisError:
             # The reservations stay counted (never an overshoot); their leases expire.
             log.exception("settling %d quota tickets in Redis failed", len(batch))
+
+    async def _send_settlements(self, batch: list[tuple[Ticket, int]]) -> None:
+        async with self._settler_redis.pipeline(transaction=False) as pipe:
+            for ticket, actual_tokens in batch:
+                keys: list[str] = []
+                for subject in ticket.subjects:
+                    leases, _, tpm, day, month = _keys(subject, ticket.windows)
+                    keys += [leases, tpm, day, month]
+                delta = actual_tokens - ticket.estimate
+                pipe.evalsha(self._settle.sha, len(keys), *keys, ticket.id, delta)
+            await pipe.execute()
 
     @property
     def fails_closed(self) -> bool:

@@ -179,3 +179,23 @@ def test_unreachable_redis_fails_closed_or_open_as_configured() -> None:
         await opened.close()
 
     asyncio.run(scenario())
+
+
+def test_settling_survives_a_redis_that_forgot_its_scripts(redis_url: str) -> None:
+    import redis
+
+    acme = subject(tokens_per_day=100)
+
+    async def scenario() -> None:
+        limiter = RedisLimiter(redis_url, fail_open=False, lease_seconds=60)
+        ticket = await limiter.acquire([acme], 100)
+        redis.Redis.from_url(redis_url).script_flush()  # as after a Redis restart
+        limiter.settle(ticket, 40)
+        await limiter.close()
+        again = RedisLimiter(redis_url, fail_open=False, lease_seconds=60)
+        await again.acquire([acme], 60)  # fits only if the 60 unused tokens came back
+        with pytest.raises(RateLimitError):
+            await again.acquire([acme], 1)
+        await again.close()
+
+    asyncio.run(scenario())
