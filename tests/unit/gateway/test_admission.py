@@ -1,0 +1,108 @@
+"""Admission on the request path: estimates, the max_tokens a token quota needs, priority."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from inhouse.config import Settings
+from inhouse.engine.base import Priority
+from inhouse.gateway.admission import TEMPLATE_ALLOWANCE, Admission, Admitted, estimate_tokens
+from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from inhouse.registry.models import ModelEntry, ModelKind
+from inhouse.security.api_keys import ApiKeyHasher
+from inhouse.store.db import Database
+from inhouse.store.migrate import upgrade_to_head
+from inhouse.tenancy.admission import LocalLimiter
+from inhouse.tenancy.models import Principal, Role
+from inhouse.tenancy.quotas import LimitsCache, QuotaService
+from inhouse.tenancy.service import TenantService
+
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+REMOTE = ModelEntry("mdl_r", "big", ModelKind.REMOTE, NOW, url="http://10.0.0.1:8000/v1")
+TWO_PROMPTS = CompletionRequest.model_validate(
+    {"model": "m", "prompt": ["a", "b"], "max_tokens": 5}
+)
+LOCAL = ModelEntry("mdl_l", "small", ModelKind.LOCAL, NOW, path="/models/small")
+
+
+def chat(**fields: object) -> ChatCompletionRequest:
+    body = {"model": "big", "messages": [{"role": "user", "content": "hello"}], **fields}
+    return ChatCompletionRequest.model_validate(body)
+
+
+def admit(
+    tmp_path: Path, request: ChatCompletionRequest, entry: ModelEntry, **quota: object
+) -> Admitted:
+    db = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    upgrade_to_head(db.engine)
+    tenants = TenantService(db, ApiKeyHasher(b"k" * 32))
+    tenant = tenants.create_tenant("acme")
+    key, _ = tenants.create_key("acme", Role.DEVELOPER)
+    quotas = QuotaService(db)
+    if quota:
+        quotas.update("acme", quota)
+    settings = Settings(data_dir=tmp_path)
+    admission = Admission(LimitsCache(quotas, ttl_seconds=0), LocalLimiter(), settings)
+    caller = Principal(tenant.id, "acme", key.id, Role.DEVELOPER)
+    return asyncio.run(admission.admit(caller, request, entry))
+
+
+def test_without_quotas_nothing_is_reserved_or_changed(tmp_path: Path) -> None:
+    request = chat()
+    admitted = admit(tmp_path, request, REMOTE)
+    assert admitted.ticket is None and admitted.request is request
+    assert admitted.priority is Priority.NORMAL
+
+
+def test_a_token_quota_gives_a_remote_request_without_max_tokens_the_default(
+    tmp_path: Path,
+) -> None:
+    admitted = admit(tmp_path, chat(), REMOTE, tokens_per_day=10**6, priority="high")
+    assert admitted.request.max_tokens == Settings().gateway.default_max_tokens
+    assert admitted.ticket is not None
+    assert admitted.ticket.estimate == estimate_tokens(admitted.request, 0)
+    assert admitted.priority is Priority.HIGH
+
+
+def test_local_models_keep_their_engine_default(tmp_path: Path) -> None:
+    admitted = admit(tmp_path, chat(), LOCAL, tokens_per_day=10**6)
+    assert admitted.request.max_tokens is None
+    assert admitted.ticket is not None
+    assert admitted.ticket.estimate == estimate_tokens(chat(), Settings().engine.default_max_tokens)
+
+
+def test_rate_limits_alone_reserve_no_tokens(tmp_path: Path) -> None:
+    admitted = admit(tmp_path, chat(), REMOTE, requests_per_minute=10)
+    assert admitted.ticket is not None and admitted.ticket.estimate == 0
+    assert admitted.request.max_tokens is None
+
+
+@pytest.mark.parametrize(
+    ("request_", "completions"),
+    [
+        (chat(max_tokens=10), 10),
+        (chat(max_tokens=10, n=3), 30),
+        (
+            CompletionRequest.model_validate({"model": "m", "prompt": ["a", "b"], "max_tokens": 5}),
+            10,
+        ),
+    ],
+)
+def test_the_estimate_bounds_prompt_bytes_and_every_completion(
+    request_: ChatCompletionRequest | CompletionRequest, completions: int
+) -> None:
+    body_bytes = len(request_.model_dump_json(exclude_unset=True).encode())
+    assert estimate_tokens(request_, 999) == body_bytes + TEMPLATE_ALLOWANCE + completions
+
+
+def test_the_prompt_bound_counts_bytes_not_characters() -> None:
+    def one_message(content: str) -> ChatCompletionRequest:
+        return chat(messages=[{"role": "user", "content": content}], max_tokens=1)
+
+    # Seven CJK characters are 21 bytes of UTF-8; seven ASCII letters are 7.
+    chinese, latin = one_message("请总结这份病历"), one_message("abcdefg")
+    assert estimate_tokens(chinese, 0) - estimate_tokens(latin, 0) == 14
