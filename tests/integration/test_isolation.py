@@ -90,13 +90,19 @@ AIMED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
         {"json": {"tokens_per_day": 1}},
     ),
     ("GET", "/admin/usage"): ("/admin/usage?tenant=b", {}),
+    ("GET", "/admin/audit"): ("/admin/audit?tenant=b", {}),
 }
 # Aimed at B through the caller's own tenant: B's key id under tenant a.
 AIMED_THROUGH_OWN_TENANT: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("DELETE", "/admin/tenants/{tenant}/keys/{key_id}"): ("/admin/tenants/a/keys/{b_key}", {}),
     ("GET", "/admin/tenants/{tenant}/quotas"): ("/admin/tenants/a/quotas?key={b_key}", {}),
 }
-OWN_LISTINGS = {("GET", "/v1/models"), ("GET", "/admin/tenants"), ("GET", "/admin/usage")}
+OWN_LISTINGS = {
+    ("GET", "/v1/models"),
+    ("GET", "/admin/tenants"),
+    ("GET", "/admin/usage"),
+    ("GET", "/admin/audit"),
+}
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/openapi.json")}
 
 
@@ -167,3 +173,5 @@ def test_the_foreign_tenant_is_untouched_and_its_owner_sees_it_all(world: World)
         assert "b-llm" in http.get("/v1/models").text
         usage = http.get("/admin/usage", params={"by": "model"}).json()["data"]
         assert [(row["model"], row["requests"]) for row in usage] == [("b-llm", 1)]
+        actions = [e["action"] for e in http.get("/admin/audit").json()["data"]]
+        assert actions == ["tenant.create", "key.create", "model.add", "quota.update"]

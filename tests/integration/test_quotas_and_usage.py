@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.integration.fake_upstream import FakeUpstream
 from tests.integration.server import InhouseProcess
@@ -146,3 +147,26 @@ def test_developers_manage_their_own_keys_and_admins_all_of_the_tenants(
         assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
         time.sleep(1.2)  # past the key cache
         assert http.get("/v1/models", headers=auth(made["key"])).status_code == 401
+
+
+def test_admin_actions_are_in_the_audit_chain_and_tampering_is_named(
+    served: tuple[InhouseProcess, str],
+) -> None:
+    """Runs last in this module: it edits the audit table behind the gateway's back."""
+    server, _ = served
+    assert "audit chain intact" in server.cli("audit", "verify").stdout
+    exported = [json.loads(line) for line in server.cli("audit", "export").stdout.splitlines()]
+    actions = [(e["action"], e["actor"].split(":")[0]) for e in exported]
+    assert actions[0] == ("platform.bootstrap", "system")
+    assert ("quota.update", "cli") in actions  # inhouse quotas set
+    by_api = [e for e in exported if e["actor"].startswith("key_")]  # a key, over HTTP
+    assert {e["action"] for e in by_api} >= {"quota.update", "key.create", "key.revoke"}
+    assert any(e["details"].get("changes") == {"requests_per_minute": 2} for e in by_api)
+
+    engine = create_engine(f"sqlite:///{server.data_dir / 'inhouse.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE audit_events SET target = 'nobody' WHERE seq = 3"))
+    engine.dispose()
+    broken = server.cli("audit", "verify", check=False)
+    assert broken.returncode == 1
+    assert "the audit chain is broken at entry 3: entry 3 was changed" in broken.stderr

@@ -7,7 +7,7 @@ exactly like a name that does not exist.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -15,6 +15,8 @@ from starlette.responses import Response
 
 from inhouse.api.access import Require
 from inhouse.api.admin_schemas import (
+    AuditEntryOut,
+    AuditList,
     KeyCreate,
     KeyCreated,
     KeyOut,
@@ -46,6 +48,7 @@ KeyOwner = Annotated[Principal, Depends(Require(Permission.KEYS_OWN))]
 QuotasReader = Annotated[Principal, Depends(Require(Permission.QUOTAS_READ))]
 QuotasManager = Annotated[Principal, Depends(Require(Permission.QUOTAS_MANAGE))]
 UsageReader = Annotated[Principal, Depends(Require(Permission.USAGE_READ))]
+AuditReader = Annotated[Principal, Depends(Require(Permission.AUDIT_READ))]
 
 
 @router.get("/tenants", response_model=list[TenantOut])
@@ -60,7 +63,11 @@ def list_tenants(services: ServicesDep, principal: TenantsReader) -> list[Tenant
 def create_tenant(
     body: TenantCreate, services: ServicesDep, principal: TenantsManager
 ) -> TenantOut:
-    return TenantOut.of(services.control.tenants.create_tenant(body.name))
+    tenant = services.control.tenants.create_tenant(body.name)
+    services.control.record(
+        principal.key_id, "tenant.create", tenant_id=tenant.id, target=tenant.name
+    )
+    return TenantOut.of(tenant)
 
 
 @router.get("/tenants/{tenant}", response_model=TenantOut)
@@ -90,6 +97,9 @@ def create_key(
     info, plaintext = services.control.tenants.create_key(
         tenant, body.role, body.name, created_by=principal.key_id
     )
+    services.control.record(
+        principal.key_id, "key.create", tenant_id=info.tenant_id, target=info.id, role=info.role
+    )
     return KeyCreated(**KeyOut.of(info).model_dump(), key=plaintext)
 
 
@@ -98,6 +108,9 @@ def revoke_key(tenant: str, key_id: str, services: ServicesDep, principal: KeyOw
     scope_tenant(principal, tenant)
     owner = None if manages_all_keys(principal) else principal.key_id
     info = services.control.tenants.revoke_key(key_id, tenant_name=tenant, owner=owner)
+    services.control.record(
+        principal.key_id, "key.revoke", tenant_id=info.tenant_id, target=info.id
+    )
     return KeyOut.of(info)
 
 
@@ -122,7 +135,15 @@ def update_quotas(
 ) -> QuotaOut:
     scope_tenant(principal, tenant)
     changes = parse_changes(body.model_dump(exclude_unset=True))
-    return QuotaOut.of(tenant, key, services.control.quotas.update(tenant, changes, key))
+    quota = services.control.quotas.update(tenant, changes, key)
+    services.control.record(
+        principal.key_id,
+        "quota.update",
+        tenant_id=services.control.tenants.get_tenant(tenant).id,
+        target=key or tenant,
+        changes=changes,
+    )
+    return QuotaOut.of(tenant, key, quota)
 
 
 @router.get(
@@ -154,3 +175,24 @@ def usage(
     if format == "csv":
         return Response(to_csv(lines, group_by), media_type="text/csv")
     return UsageReport(data=[UsageRowOut(**row) for row in as_rows(lines, group_by)])
+
+
+@router.get("/audit", response_model=AuditList)
+def audit(
+    services: ServicesDep,
+    principal: AuditReader,
+    tenant: Annotated[str | None, Query(description="default: the caller's tenant")] = None,
+    since: Annotated[datetime | None, Query(description="from this moment, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="to this moment, exclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> AuditList:
+    tenant_id: str | None = principal.tenant_id
+    if tenant is not None:
+        scope_tenant(principal, tenant)
+        tenant_id = services.control.tenants.get_tenant(tenant).id
+    elif sees_all_tenants(principal):
+        tenant_id = None
+    entries = services.control.audit.entries(
+        tenant_id=tenant_id, since=since, until=until, limit=limit
+    )
+    return AuditList(data=[AuditEntryOut(**e.as_dict()) for e in entries])

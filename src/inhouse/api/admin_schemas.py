@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -119,3 +119,21 @@ class UsageRowOut(BaseModel):
 class UsageReport(BaseModel):
     object: str = "list"
     data: list[UsageRowOut]
+
+
+class AuditEntryOut(BaseModel):
+    seq: int
+    created_at: str
+    actor: str
+    tenant_id: str | None
+    action: str
+    target: str
+    outcome: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditList(BaseModel):
+    object: str = "list"
+    data: list[AuditEntryOut]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -73,6 +75,14 @@ def announce_bootstrap(control: Control) -> None:
 
 
 JSON_OPTION = typer.Option(False, "--json", help="print JSON lines, for scripts")
+
+
+def cli_actor() -> str:
+    """Who an admin command acts as, in the audit log: the operating-system user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
 
 
 def print_rows(columns: Sequence[str], rows: Sequence[Sequence[str]], *, as_json: bool) -> None:

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import typer
 
-from inhouse.cli.common import JSON_OPTION, console, control_plane, error_console, print_rows
+from inhouse.cli.common import (
+    JSON_OPTION,
+    cli_actor,
+    console,
+    control_plane,
+    error_console,
+    print_rows,
+)
 from inhouse.tenancy.models import Role
 from inhouse.tenancy.service import parse_role
 
@@ -20,6 +27,9 @@ def create(
     """Create a key and print it; it is not shown again."""
     with control_plane() as control:
         info, plaintext = control.tenants.create_key(tenant, parse_role(role), name)
+        control.record(
+            cli_actor(), "key.create", tenant_id=info.tenant_id, target=info.id, role=info.role
+        )
     typer.echo(plaintext)
     error_console.print(
         f"[dim]key {info.id} for tenant {info.tenant_name}, role {info.role.value}; "
@@ -56,4 +66,5 @@ def revoke(key: str = typer.Argument(..., help="key id (key_…) or its shown pr
     """Revoke a key; running servers refuse it within seconds."""
     with control_plane() as control:
         info = control.tenants.revoke_key(key)
+        control.record(cli_actor(), "key.revoke", tenant_id=info.tenant_id, target=info.id)
     console.print(f"revoked key {info.id} of tenant {info.tenant_name}", highlight=False)

@@ -6,6 +6,7 @@ import typer
 
 from inhouse.cli.common import (
     JSON_OPTION,
+    cli_actor,
     console,
     control_plane,
     fail,
@@ -54,6 +55,9 @@ def add(
             entry = control.registry.add_remote(
                 name, url, upstream_model=upstream_model, api_key_env=api_key_env, owner=owner
             )
+        control.record(
+            cli_actor(), "model.add", tenant_id=entry.tenant_id, target=entry.name, kind=entry.kind
+        )
     console.print(f"added {entry.kind.value} model {entry.name}", highlight=False)
 
 
@@ -79,6 +83,7 @@ def remove(name: str) -> None:
     """Remove a model; running servers stop serving it within seconds."""
     with control_plane() as control:
         entry = control.registry.remove(name)
+        control.record(cli_actor(), "model.remove", tenant_id=entry.tenant_id, target=entry.name)
     console.print(f"removed model {entry.name}", highlight=False)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from inhouse.cli.common import JSON_OPTION, control_plane, fail, print_rows
+from inhouse.cli.common import JSON_OPTION, cli_actor, control_plane, fail, print_rows
 from inhouse.errors import InvalidRequestError
 from inhouse.tenancy.quotas import Quota, parse_changes
 
@@ -74,7 +74,12 @@ def set_quotas(
             raw["priority"] = _quantity(priority)
         if not raw:
             raise fail("nothing to set: give at least one limit (see --help)")
-        quota = control.quotas.update(tenant, parse_changes(raw), key)
+        changes = parse_changes(raw)
+        quota = control.quotas.update(tenant, changes, key)
+        tenant_id = control.tenants.get_tenant(tenant).id
+        control.record(
+            cli_actor(), "quota.update", tenant_id=tenant_id, target=key or tenant, changes=changes
+        )
     _print(quota, as_json=False)
 
 

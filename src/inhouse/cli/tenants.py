@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from inhouse.cli.common import JSON_OPTION, console, control_plane, print_rows
+from inhouse.cli.common import JSON_OPTION, cli_actor, console, control_plane, print_rows
 
 app = typer.Typer(help="Tenants: departments or subsidiaries that share the platform.")
 
@@ -12,6 +12,7 @@ def create(name: str = typer.Argument(..., help="lowercase letters, digits, '-',
     """Create a tenant."""
     with control_plane() as control:
         tenant = control.tenants.create_tenant(name)
+        control.record(cli_actor(), "tenant.create", tenant_id=tenant.id, target=tenant.name)
     console.print(f"created tenant {tenant.name} ({tenant.id})", highlight=False)
 
 

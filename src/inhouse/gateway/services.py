@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from inhouse.config import QuotaFailureMode, Settings
 from inhouse.gateway.admission import Admission
@@ -13,6 +14,7 @@ from inhouse.gateway.service import Gateway
 from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.registry.models import BUILTIN_MODEL_NAME, ModelRegistry
 from inhouse.security.api_keys import ApiKeyHasher
+from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.security.secret_file import resolve_secret_key
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
@@ -36,7 +38,20 @@ class Control:
     tenants: TenantService
     registry: ModelRegistry
     quotas: QuotaService
+    audit: AuditLog
     admin_key_written: Path | None = None
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        *,
+        tenant_id: str | None = None,
+        target: str = "",
+        **details: Any,
+    ) -> None:
+        """Append an admin action to the audit chain (metadata only, never secrets)."""
+        self.audit.record(AuditEvent(actor, action, tenant_id, target, details=details))
 
 
 def open_control(settings: Settings) -> Control:
@@ -44,10 +59,13 @@ def open_control(settings: Settings) -> Control:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(settings.resolved_database_url)
     upgrade_to_head(db.engine)
-    tenants = TenantService(db, ApiKeyHasher(resolve_secret_key(settings)))
+    secret = resolve_secret_key(settings)
+    tenants = TenantService(db, ApiKeyHasher(secret))
+    audit = AuditLog(db, secret)
     registry = ModelRegistry(db)
     written = tenants.bootstrap_platform(settings.admin_key_file)
     if written is not None:
+        audit.record(AuditEvent("system", "platform.bootstrap", target=str(written.name)))
         if settings.builtin_model:
             registry.add_builtin()
         log.info("first start: the platform admin key was written to %s", written.resolve())
@@ -57,6 +75,7 @@ def open_control(settings: Settings) -> Control:
         tenants=tenants,
         registry=registry,
         quotas=QuotaService(db),
+        audit=audit,
         admin_key_written=written,
     )
 

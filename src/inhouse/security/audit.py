@@ -1,0 +1,220 @@
+"""The audit log: an append-only hash chain (HMAC-SM3) of admin actions and key events.
+
+Each entry's hash covers the previous entry's hash and every field of its own, its
+sequence number included, keyed with a key derived from the server secret, so that
+someone who can write to the database but does not hold the secret cannot forge a
+consistent chain. ``verify`` finds the first entry that was edited, deleted or moved:
+an edited entry no longer matches its hash, a deleted one leaves a gap in the sequence,
+and entries moved or swapped break the link to their predecessor.
+Appends from any number of processes serialise on the sequence number (a primary key):
+a writer that loses the race reads the new head and tries again.
+
+What the chain cannot show on its own is the loss of its newest entries: compare the
+head (``AuditLog.head``) with one exported or recorded elsewhere for that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, hmac
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from inhouse.store.db import Database
+from inhouse.store.tables import AuditRow
+
+GENESIS = "0" * 64
+"""The previous hash of the first entry."""
+
+_APPEND_ATTEMPTS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What happened, before it is chained."""
+
+    actor: str
+    """Who: a key id (``key_…``), or ``cli:<user>`` for the command line."""
+    action: str
+    """What, as ``noun.verb``: ``tenant.create``, ``key.revoke``, ``quota.update`` …"""
+    tenant_id: str | None = None
+    target: str = ""
+    outcome: str = "ok"
+    details: dict[str, Any] = field(default_factory=dict)
+    """Metadata only: never prompts, answers or secrets."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: int
+    created_at: datetime
+    actor: str
+    tenant_id: str | None
+    action: str
+    target: str
+    outcome: str
+    details: str
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in self.__slots__}
+        values["created_at"] = _timestamp(self.created_at)
+        values["details"] = json.loads(self.details)
+        return values
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    checked: int
+    first_bad_seq: int | None = None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_seq is None
+
+
+def _timestamp(moment: datetime) -> str:
+    """One spelling of a moment, whatever the database hands back (SQLite drops the zone)."""
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def chain_key(server_secret: bytes) -> bytes:
+    """The chain's own key, derived from the server secret."""
+    mac = hmac.HMAC(server_secret, hashes.SM3())
+    mac.update(b"inhouse audit chain v1")
+    return mac.finalize()
+
+
+def chain_hash(key: bytes, prev_hash: str, row: AuditRow | AuditEntry) -> str:
+    fields = [
+        prev_hash,
+        str(row.seq),
+        _timestamp(row.created_at),
+        row.actor,
+        row.tenant_id or "",
+        row.action,
+        row.target,
+        row.outcome,
+        row.details,
+    ]
+    mac = hmac.HMAC(key, hashes.SM3())
+    mac.update(json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode())
+    return mac.finalize().hex()
+
+
+def _entry(row: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        seq=row.seq,
+        created_at=row.created_at,
+        actor=row.actor,
+        tenant_id=row.tenant_id,
+        action=row.action,
+        target=row.target,
+        outcome=row.outcome,
+        details=row.details,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+class AuditLog:
+    def __init__(self, db: Database, server_secret: bytes) -> None:
+        self._db = db
+        self._key = chain_key(server_secret)
+
+    def record(self, event: AuditEvent) -> AuditEntry:
+        """Append one entry to the chain; returns it with its sequence number and hash."""
+        details = json.dumps(event.details, ensure_ascii=False, sort_keys=True, default=str)
+        for _ in range(_APPEND_ATTEMPTS):
+            try:
+                return self._append(event, details)
+            except IntegrityError:
+                continue  # another writer took this sequence number: chain onto its entry
+        raise RuntimeError("could not append to the audit chain: too much contention")
+
+    def _append(self, event: AuditEvent, details: str) -> AuditEntry:
+        with self._db.session() as session:
+            head = session.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()
+            row = AuditRow(
+                seq=1 if head is None else head.seq + 1,
+                created_at=datetime.now(UTC),
+                actor=event.actor[:128],
+                tenant_id=event.tenant_id,
+                action=event.action,
+                target=event.target[:256],
+                outcome=event.outcome,
+                details=details,
+                prev_hash=GENESIS if head is None else head.hash,
+                hash="",
+            )
+            row.hash = chain_hash(self._key, row.prev_hash, row)
+            session.add(row)
+            session.flush()
+            return _entry(row)
+
+    def head(self) -> AuditEntry | None:
+        with self._db.session() as session:
+            row = session.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()
+            return None if row is None else _entry(row)
+
+    def entries(
+        self,
+        *,
+        tenant_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Entries in chain order; ``tenant_id`` keeps one tenant's, ``until`` is exclusive."""
+        query = select(AuditRow).order_by(AuditRow.seq)
+        if tenant_id is not None:
+            query = query.where(AuditRow.tenant_id == tenant_id)
+        if since is not None:
+            query = query.where(AuditRow.created_at >= since)
+        if until is not None:
+            query = query.where(AuditRow.created_at < until)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._db.session() as session:
+            return [_entry(row) for row in session.scalars(query)]
+
+    def _all_rows(self, batch: int = 1000) -> Iterator[AuditRow]:
+        last = 0
+        while True:
+            with self._db.session() as session:
+                rows = session.scalars(
+                    select(AuditRow).where(AuditRow.seq > last).order_by(AuditRow.seq).limit(batch)
+                ).all()
+                session.expunge_all()
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].seq
+
+    def verify(self) -> Verification:
+        """Walk the whole chain; name the first entry that was edited, deleted or moved."""
+        expected_seq, prev_hash, checked = 1, GENESIS, 0
+        for row in self._all_rows():
+            if row.seq != expected_seq:
+                return Verification(
+                    checked,
+                    expected_seq,
+                    f"entry {expected_seq} is missing (the next entry is {row.seq})",
+                )
+            if row.prev_hash != prev_hash:
+                return Verification(
+                    checked, row.seq, f"entry {row.seq} does not follow entry {row.seq - 1}"
+                )
+            if chain_hash(self._key, prev_hash, row) != row.hash:
+                return Verification(checked, row.seq, f"entry {row.seq} was changed")
+            checked += 1
+            expected_seq, prev_hash = row.seq + 1, row.hash
+        return Verification(checked)
