@@ -28,10 +28,10 @@ from inhouse.api.admin_schemas import (
     UsageRowOut,
 )
 from inhouse.api.deps import ServicesDep
-from inhouse.errors import PermissionDeniedError
-from inhouse.tenancy.models import Principal, Role
+from inhouse.tenancy.models import Principal
 from inhouse.tenancy.permissions import (
     Permission,
+    authorize_key_role,
     manages_all_keys,
     scope_tenant,
     sees_all_tenants,
@@ -78,7 +78,7 @@ def get_tenant(tenant: str, services: ServicesDep, principal: TenantsReader) -> 
 
 @router.get("/tenants/{tenant}/keys", response_model=list[KeyOut])
 def list_keys(tenant: str, services: ServicesDep, principal: KeyOwner) -> list[KeyOut]:
-    scope_tenant(principal, tenant)
+    scope_tenant(principal, tenant, changes=True)
     owner = None if manages_all_keys(principal) else principal.key_id
     return [KeyOut.of(k) for k in services.control.tenants.list_keys(tenant, owner=owner)]
 
@@ -87,13 +87,8 @@ def list_keys(tenant: str, services: ServicesDep, principal: KeyOwner) -> list[K
 def create_key(
     tenant: str, body: KeyCreate, services: ServicesDep, principal: KeyOwner
 ) -> KeyCreated:
-    scope_tenant(principal, tenant)
-    if not manages_all_keys(principal) and body.role is not Role.DEVELOPER:
-        raise PermissionDeniedError(
-            f"the {principal.role.value} role may create developer keys only",
-            param="role",
-            code="insufficient_permissions",
-        )
+    scope_tenant(principal, tenant, changes=True)
+    authorize_key_role(principal, body.role)
     info, plaintext = services.control.tenants.create_key(
         tenant, body.role, body.name, created_by=principal.key_id
     )
@@ -105,7 +100,7 @@ def create_key(
 
 @router.delete("/tenants/{tenant}/keys/{key_id}", response_model=KeyOut)
 def revoke_key(tenant: str, key_id: str, services: ServicesDep, principal: KeyOwner) -> KeyOut:
-    scope_tenant(principal, tenant)
+    scope_tenant(principal, tenant, changes=True)
     owner = None if manages_all_keys(principal) else principal.key_id
     info = services.control.tenants.revoke_key(key_id, tenant_name=tenant, owner=owner)
     services.control.record(

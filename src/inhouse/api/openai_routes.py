@@ -14,12 +14,13 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from inhouse.api.access import Require, protected
 from inhouse.api.body import parse_body, read_body
 from inhouse.api.deps import ServicesDep, services_of
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelList
-from inhouse.gateway.replies import JsonReply, Reply
+from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.permissions import Permission
 
@@ -28,13 +29,29 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class _EventStream(StreamingResponse):
+    """An SSE response that closes its events and tells the reply when it is over, also
+    when the client left before the first event was sent."""
+
+    def __init__(self, reply: StreamReply) -> None:
+        headers = {"X-Request-Id": reply.request_id, **_SSE_HEADERS}
+        super().__init__(reply.events, media_type="text/event-stream", headers=headers)
+        self._reply = reply
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._reply.events.aclose()
+            if self._reply.on_close is not None:
+                self._reply.on_close()
+
+
 def respond(reply: Reply) -> Response:
-    headers = {"X-Request-Id": reply.request_id}
     if isinstance(reply, JsonReply):
+        headers = {"X-Request-Id": reply.request_id}
         return Response(reply.body, media_type="application/json", headers=headers)
-    return StreamingResponse(
-        reply.events, media_type="text/event-stream", headers={**headers, **_SSE_HEADERS}
-    )
+    return _EventStream(reply)
 
 
 @router.get("/models", response_model=ModelList)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from inhouse.engine.base import (
     ChatMessage,
@@ -128,7 +128,7 @@ async def stream_events(
     chat: bool,
     include_usage: bool,
     on_finish: OnFinish,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     created = int(time.time())
     base = {
         "id": request_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -57,7 +57,7 @@ async def relay_stream(
     model: str,
     include_usage: bool,
     on_finish: OnFinish,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     usage: TokenUsage | None = None
     content_chunks = 0
     status = 499

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 
@@ -14,8 +14,11 @@ class JsonReply:
 
 @dataclass(frozen=True, slots=True)
 class StreamReply:
-    events: AsyncIterator[bytes]
+    events: AsyncGenerator[bytes, None]
     request_id: str
+    on_close: Callable[[], None] | None = None
+    """Called when the HTTP response ends, however it ends: a stream whose client left
+    before its first event never runs its own ``finally``, so this settles it."""
 
 
 Reply = JsonReply | StreamReply

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 
 from inhouse.engine.base import Priority, TokenUsage
 from inhouse.errors import InhouseError
@@ -58,7 +59,7 @@ class _Call:
         self._done = True
         gateway = self._gateway
         if self.ticket is not None and gateway.admission is not None:
-            gateway.admission.settle(self.ticket, usage.total_tokens)
+            gateway.admission.settle(self.ticket, status, usage)
         seconds = gateway.clock() - self._started
         gateway.metrics.in_flight.dec()
         gateway.metrics.observe(
@@ -160,6 +161,12 @@ class Gateway:
         except BaseException:
             call.finish(500, TokenUsage())
             raise
+        if isinstance(reply, StreamReply):
+            # Settles a stream whose client left before its first event (its generator's
+            # own ``finally`` never runs then); a no-op once the stream has finished.
+            return StreamReply(
+                reply.events, reply.request_id, partial(call.finish, 499, TokenUsage())
+            )
         return reply
 
     async def _answer_locally(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from inhouse.errors import RateLimitError
+from inhouse.errors import InvalidRequestError, RateLimitError
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.quotas import Limits, Quota
 
@@ -138,6 +138,20 @@ def new_ticket(subjects: Sequence[Subject], estimate: int, windows: Windows) -> 
     return Ticket(uuid.uuid4().hex, tuple(subjects), estimate, windows)
 
 
+def refuse_impossible(subjects: Sequence[Subject], estimate: int) -> None:
+    """Raise 400 for a request that no window could ever admit: waiting would not help."""
+    for subject in subjects:
+        for name in token_counter_names():
+            limit = subject.limit(name)
+            if limit is not None and estimate > limit:
+                raise InvalidRequestError(
+                    f"this request may use up to {estimate} tokens, more than {subject.label}'s "
+                    f"{name} quota of {limit} allows at all; send a smaller max_tokens",
+                    param="max_tokens",
+                    code="exceeds_quota",
+                )
+
+
 def refusal(
     subject: Subject, limit_name: str, used: int, needed: int, windows: Windows, now: float
 ) -> RateLimitError:
@@ -200,6 +214,7 @@ class LocalLimiter:
         self._counters[(subject, name)] = (window, (current[1] if current else 0) + amount)
 
     async def acquire(self, subjects: Sequence[Subject], estimate: int) -> Ticket:
+        refuse_impossible(subjects, estimate)
         windows, now = self._windows.now()
         for subject in subjects:
             for name in LIMIT_NAMES:

@@ -81,12 +81,36 @@ def sees_all_tenants(principal: Principal) -> bool:
     return principal.platform
 
 
-def scope_tenant(principal: Principal, tenant_name: str) -> None:
-    """Raise 404, worded as for a tenant that does not exist, for another tenant's name."""
-    if not sees_all_tenants(principal) and tenant_name != principal.tenant_name:
+def scope_tenant(principal: Principal, tenant_name: str, *, changes: bool = False) -> None:
+    """Raise 404, worded as for a tenant that does not exist, for another tenant's name.
+
+    The platform tenant's principals read every tenant; only a platform-admin changes
+    another tenant's things (``changes``).
+    """
+    across = principal.role is Role.PLATFORM_ADMIN if changes else sees_all_tenants(principal)
+    if not across and tenant_name != principal.tenant_name:
         raise NotFoundError(f"tenant {tenant_name!r} does not exist", param="tenant")
 
 
 def manages_all_keys(principal: Principal) -> bool:
     """Admins manage every key of their tenant; a developer only the keys it made."""
     return principal.role in (Role.PLATFORM_ADMIN, Role.TENANT_ADMIN)
+
+
+# Which roles a caller may give a new key: never one above its own.
+_GRANTABLE: dict[Role, frozenset[Role]] = {
+    Role.PLATFORM_ADMIN: frozenset(Role),
+    Role.TENANT_ADMIN: frozenset({Role.TENANT_ADMIN, Role.DEVELOPER, Role.AUDITOR}),
+    Role.DEVELOPER: frozenset({Role.DEVELOPER}),
+    Role.AUDITOR: frozenset(),
+}
+
+
+def authorize_key_role(principal: Principal, role: Role) -> None:
+    """Raise 403 unless the principal may create a key with ``role``."""
+    if role not in _GRANTABLE[principal.role]:
+        raise PermissionDeniedError(
+            f"the {principal.role.value} role may not create {role.value} keys",
+            param="role",
+            code="insufficient_permissions",
+        )

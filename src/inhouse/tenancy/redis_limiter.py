@@ -27,6 +27,7 @@ from inhouse.tenancy.admission import (
     Windows,
     new_ticket,
     refusal,
+    refuse_impossible,
 )
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class RedisLimiter:
         self._reachable = True
 
     async def acquire(self, subjects: Sequence[Subject], estimate: int) -> Ticket:
+        refuse_impossible(subjects, estimate)
         windows, now = self._windows.now()
         ticket = new_ticket(subjects, estimate, windows)
         keys: list[str] = []

@@ -12,7 +12,7 @@ from inhouse.api.app import create_app
 from inhouse.config import Settings
 from inhouse.errors import ConfigurationError, NotFoundError, PermissionDeniedError
 from inhouse.tenancy.models import Principal, Role
-from inhouse.tenancy.permissions import Permission, authorize, scope_tenant
+from inhouse.tenancy.permissions import Permission, authorize, authorize_key_role, scope_tenant
 
 
 def principal(role: Role, *, platform: bool = False) -> Principal:
@@ -85,3 +85,31 @@ def test_another_tenant_answers_as_one_that_does_not_exist() -> None:
     assert foreign.value.message == "tenant 'b' does not exist"
     scope_tenant(principal(Role.TENANT_ADMIN), "a")
     scope_tenant(principal(Role.PLATFORM_ADMIN, platform=True), "b")
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed_roles"),
+    [
+        (Role.PLATFORM_ADMIN, set(Role)),
+        (Role.TENANT_ADMIN, {Role.TENANT_ADMIN, Role.DEVELOPER, Role.AUDITOR}),
+        (Role.DEVELOPER, {Role.DEVELOPER}),
+        (Role.AUDITOR, set()),
+    ],
+)
+def test_no_role_creates_a_key_above_its_own(role: Role, allowed_roles: set[Role]) -> None:
+    caller = principal(role, platform=True)
+    for new_role in Role:
+        if new_role in allowed_roles:
+            authorize_key_role(caller, new_role)
+        else:
+            with pytest.raises(PermissionDeniedError):
+                authorize_key_role(caller, new_role)
+
+
+def test_only_a_platform_admin_changes_another_tenants_things() -> None:
+    for role in (Role.TENANT_ADMIN, Role.DEVELOPER, Role.AUDITOR):
+        platform_caller = principal(role, platform=True)
+        scope_tenant(platform_caller, "b")  # reading across tenants
+        with pytest.raises(NotFoundError):
+            scope_tenant(platform_caller, "b", changes=True)
+    scope_tenant(principal(Role.PLATFORM_ADMIN, platform=True), "b", changes=True)

@@ -10,7 +10,13 @@ import pytest
 
 from inhouse.config import Settings
 from inhouse.engine.base import Priority
-from inhouse.gateway.admission import TEMPLATE_ALLOWANCE, Admission, Admitted, estimate_tokens
+from inhouse.gateway.admission import (
+    MEDIA_PART_ALLOWANCE,
+    TEMPLATE_ALLOWANCE,
+    Admission,
+    Admitted,
+    estimate_tokens,
+)
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from inhouse.registry.models import ModelEntry, ModelKind
 from inhouse.security.api_keys import ApiKeyHasher
@@ -106,3 +112,24 @@ def test_the_prompt_bound_counts_bytes_not_characters() -> None:
     # Seven CJK characters are 21 bytes of UTF-8; seven ASCII letters are 7.
     chinese, latin = one_message("请总结这份病历"), one_message("abcdefg")
     assert estimate_tokens(chinese, 0) - estimate_tokens(latin, 0) == 14
+
+
+def test_best_of_and_media_parts_raise_the_estimate() -> None:
+    best_of = CompletionRequest.model_validate(
+        {"model": "m", "prompt": "a", "max_tokens": 10, "best_of": 4}
+    )
+    body_bytes = len(best_of.model_dump_json(exclude_unset=True).encode())
+    assert estimate_tokens(best_of, 0) == body_bytes + TEMPLATE_ALLOWANCE + 40
+    image = {"type": "image_url", "image_url": {"url": "https://intranet/x.png"}}
+    text = {"type": "text", "text": "what is this?"}
+    with_image = chat(messages=[{"role": "user", "content": [text, image]}], max_tokens=1)
+    without = chat(messages=[{"role": "user", "content": [text]}], max_tokens=1)
+    difference = estimate_tokens(with_image, 0) - estimate_tokens(without, 0)
+    assert difference > MEDIA_PART_ALLOWANCE
+
+
+def test_the_injected_max_tokens_fits_the_smallest_token_quota(tmp_path: Path) -> None:
+    admitted = admit(tmp_path, chat(), REMOTE, tokens_per_minute=1000)
+    assert admitted.request.max_tokens is not None
+    assert admitted.request.max_tokens < 1000
+    assert admitted.ticket is not None and admitted.ticket.estimate <= 1000

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from inhouse.errors import QuotaStoreUnavailableError, RateLimitError
+from inhouse.errors import InvalidRequestError, QuotaStoreUnavailableError, RateLimitError
 from inhouse.tenancy.admission import Limiter, LocalLimiter, Subject, Windows
 from inhouse.tenancy.quotas import Quota
 from inhouse.tenancy.redis_limiter import RedisLimiter
@@ -108,11 +108,12 @@ def test_a_key_limit_and_its_tenant_limit_both_apply_and_refusal_reserves_nothin
     key = Subject(f"k:{uuid.uuid4().hex}", "key key_1", Quota(tokens_per_minute=300))
 
     async def scenario(limiter: Limiter) -> None:
+        await limiter.acquire([tenant, key], 200)
         with pytest.raises(RateLimitError) as refused:
-            await limiter.acquire([tenant, key], 400)
+            await limiter.acquire([tenant, key], 200)
         assert refused.value.message.startswith("key key_1 is over its tokens_per_minute")
-        # The refused request reserved nothing on the tenant: 1000 still fit.
-        await limiter.acquire([tenant], 1000)
+        # The refused request reserved nothing on the tenant: 800 still fit.
+        await limiter.acquire([tenant], 800)
 
     run(limiter_factory, scenario)
 
@@ -199,3 +200,18 @@ def test_settling_survives_a_redis_that_forgot_its_scripts(redis_url: str) -> No
         await again.close()
 
     asyncio.run(scenario())
+
+
+def test_a_request_no_window_could_ever_admit_is_a_400_not_a_429(
+    limiter_factory: Callable[[], Limiter],
+) -> None:
+    acme = subject(tokens_per_minute=1000)
+
+    async def scenario(limiter: Limiter) -> None:
+        with pytest.raises(InvalidRequestError) as refused:
+            await limiter.acquire([acme], 1001)
+        assert refused.value.code == "exceeds_quota" and refused.value.param == "max_tokens"
+        assert "tokens_per_minute quota of 1000" in refused.value.message
+        await limiter.acquire([acme], 1000)
+
+    run(limiter_factory, scenario)
