@@ -39,8 +39,12 @@ def usage_of(payload: JsonObject) -> TokenUsage | None:
     )
 
 
+_MAX_TOKENS_REPORTED = 2**31 - 1  # what a usage row holds
+
+
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    """A token count as an upstream reports it: a non-negative int, clamped to fit."""
+    return min(value, _MAX_TOKENS_REPORTED) if isinstance(value, int) and value >= 0 else 0
 
 
 async def relay_json(

@@ -58,7 +58,9 @@ class ModelEntry:
         """Where it runs, for usage records: this process, or the upstream's host."""
         if self.url is None:
             return "local"
-        return urlsplit(self.url).netloc
+        parts = urlsplit(self.url)  # host and port only: never credentials in the URL
+        host = parts.hostname or ""
+        return (f"{host}:{parts.port}" if parts.port else host)[:128]
 
 
 def _entry(row: ModelRow) -> ModelEntry:

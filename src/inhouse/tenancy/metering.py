@@ -92,8 +92,12 @@ class UsageRecorder:
     async def flush(self) -> None:
         if not self._pending:
             return
+        try:
+            mark = self._journal.seal() if self._journal is not None else 0
+        except OSError:
+            log.exception("starting a new usage journal segment failed; writing later")
+            return
         batch, self._pending = self._pending, []
-        mark = self._journal.seal() if self._journal is not None else 0
         try:
             await asyncio.to_thread(self._write, batch)
         except Exception:

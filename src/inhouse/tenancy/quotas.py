@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from inhouse.errors import InvalidRequestError, NotFoundError
 from inhouse.store.db import Database
@@ -76,6 +77,8 @@ class Limits:
         return self.tenant.limits_tokens or self.key.limits_tokens
 
 
+_INT32, _INT64 = 2**31 - 1, 2**63 - 1
+
 # Kubernetes-style quantities: 500m cores, 32Gi or 32G bytes.
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
 _DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
@@ -99,7 +102,10 @@ def parse_bytes(value: str, field: str) -> int:
         )
     unit = match.group(2)
     scale = _BINARY.get(unit or "", _DECIMAL.get(unit or "", 1))
-    return int(float(match.group(1)) * scale)
+    size = float(match.group(1)) * scale
+    if size > _INT64:
+        raise InvalidRequestError(f"{field} {value!r} is too large", param=field)
+    return int(size)
 
 
 def parse_changes(raw: dict[str, Any]) -> dict[str, Any]:
@@ -131,11 +137,29 @@ def _quota(row: QuotaRow | None) -> Quota:
     return Quota(**values)
 
 
+# The largest value each limit's column holds (32-bit and 64-bit integers), and cores.
+MAXIMA: dict[str, float] = {
+    "tokens_per_day": _INT64,
+    "tokens_per_month": _INT64,
+    "requests_per_minute": _INT32,
+    "tokens_per_minute": _INT64,
+    "concurrency": _INT32,
+    "cpu_limit": 1_000_000.0,
+    "memory_limit": _INT64,
+    "model_count": _INT32,
+    "storage_limit": _INT64,
+}
+
+
 def validate_quota(quota: Quota) -> None:
-    for name in QUOTA_FIELDS:
+    for name, maximum in MAXIMA.items():
         value = getattr(quota, name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-            raise InvalidRequestError(f"{name} must be 0 or more, not {value}", param=name)
+        if value is None:
+            continue
+        if not 0 <= value <= maximum:
+            raise InvalidRequestError(
+                f"{name} must be between 0 and {maximum:.0f}, not {value}", param=name
+            )
 
 
 class QuotaService:
@@ -166,6 +190,12 @@ class QuotaService:
         if unknown:
             raise InvalidRequestError(f"unknown quota field {sorted(unknown)[0]!r}")
         tenant_id, key = self._ids(tenant_name, key_id)
+        try:
+            return self._update(tenant_id, key, changes)
+        except IntegrityError:  # another writer created the row first: change that one
+            return self._update(tenant_id, key, changes)
+
+    def _update(self, tenant_id: str, key: str, changes: dict[str, Any]) -> Quota:
         with self._db.session() as session:
             row = session.get(QuotaRow, (tenant_id, key))
             quota = replace(_quota(row), **changes)

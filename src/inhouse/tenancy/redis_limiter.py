@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _KEY_PREFIX = "inhouse:quota:"
 _MAX_CONNECTIONS = 64
 _TIMEOUT_SECONDS = 2.0
+_SETTLE_RETRY_SECONDS = 1.0
 _WINDOW_TTL_SECONDS = {"minute": 120, "day": 2 * 86400, "month": 32 * 86400}
 
 # ARGV: now-independent scalars first, then 6 values per subject:
@@ -81,13 +82,17 @@ return {-1}
 """
 
 # KEYS per subject: lease set, tpm, day, month counters. ARGV: ticket, delta.
+# The delta applies only while the ticket's lease is held, so sending a settlement
+# twice (a retry after a timeout) never refunds twice; a ticket whose lease ran out
+# keeps its whole reservation counted.
 _SETTLE = """
 local ticket, delta = ARGV[1], tonumber(ARGV[2])
 for k = 1, #KEYS, 4 do
-  redis.call('ZREM', KEYS[k], ticket)
-  for j = 1, 3 do
-    if delta ~= 0 and redis.call('EXISTS', KEYS[k + j]) == 1 then
-      redis.call('INCRBY', KEYS[k + j], delta)
+  if redis.call('ZREM', KEYS[k], ticket) == 1 and delta ~= 0 then
+    for j = 1, 3 do
+      if redis.call('EXISTS', KEYS[k + j]) == 1 then
+        redis.call('INCRBY', KEYS[k + j], delta)
+      end
     end
   end
 end
@@ -182,23 +187,31 @@ class RedisLimiter:
         while True:
             await self._settle_wake.wait()
             self._settle_wake.clear()
-            await self._settle_queued()
+            while self._to_settle:
+                if await self._settle_queued() or self._closing:
+                    continue
+                await asyncio.sleep(_SETTLE_RETRY_SECONDS)  # Redis is away: try again
             if self._closing:
                 return
 
-    async def _settle_queued(self) -> None:
+    async def _settle_queued(self) -> bool:
+        """Send what is queued; on failure put it back (or, when closing, give it up)."""
         batch, self._to_settle = self._to_settle, []
-        if not batch:
-            return
         try:
             try:
                 await self._send_settlements(batch)
             except NoScriptError:  # Redis restarted and forgot the script: load it, once
                 await self._settler_redis.script_load(_SETTLE)
                 await self._send_settlements(batch)
-        except RedisError:
-            # The reservations stay counted (never an overshoot); their leases expire.
-            log.exception("settling %d quota tickets in Redis failed", len(batch))
+        except RedisError as exc:
+            if self._closing:
+                # The reservations stay counted (never an overshoot); their leases expire.
+                log.error("could not settle %d quota tickets before exit: %s", len(batch), exc)
+            else:
+                log.warning("settling %d quota tickets failed (%s); retrying", len(batch), exc)
+                self._to_settle[:0] = batch
+            return False
+        return True
 
     async def _send_settlements(self, batch: list[tuple[Ticket, int]]) -> None:
         async with self._settler_redis.pipeline(transaction=False) as pipe:

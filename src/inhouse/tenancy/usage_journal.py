@@ -62,8 +62,9 @@ class UsageJournal:
     def seal(self) -> int:
         """Start a new segment; return a mark for ``discard_sealed`` after the write."""
         if self._current is not None:
+            fresh = self._new_segment()  # first: if this fails, nothing has moved
             self._sealed.append(self._current)
-            self._current = self._new_segment()
+            self._current = fresh
         return len(self._sealed)
 
     def discard_sealed(self, mark: int) -> None:
@@ -92,7 +93,10 @@ class UsageJournal:
 
 
 def _try_lock(path: Path) -> _Segment | None:
-    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    except FileNotFoundError:
+        return None  # its live owner wrote it to the database and deleted it just now
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -54,3 +54,14 @@ def test_invalid_entries_are_refused(registry: ModelRegistry, tmp_path: Path) ->
     registry.add_remote("dup", "http://h/v1")
     with pytest.raises(ConflictError):
         registry.add_remote("dup", "http://h/v1")
+
+
+def test_the_node_of_a_remote_model_is_its_host_without_credentials() -> None:
+    from datetime import UTC, datetime
+
+    from inhouse.registry.models import ModelEntry, ModelKind
+
+    now = datetime.now(UTC)
+    entry = ModelEntry("m", "m", ModelKind.REMOTE, now, url="https://user:t0ken@gpu-1:8443/v1")
+    assert entry.node_label == "gpu-1:8443"
+    assert ModelEntry("m", "m", ModelKind.LOCAL, now, path="/w").node_label == "local"

@@ -215,3 +215,21 @@ def test_a_request_no_window_could_ever_admit_is_a_400_not_a_429(
         await limiter.acquire([acme], 1000)
 
     run(limiter_factory, scenario)
+
+
+def test_a_settlement_sent_twice_refunds_once(redis_url: str) -> None:
+    acme = subject(tokens_per_day=1000)
+
+    async def scenario() -> None:
+        limiter = RedisLimiter(redis_url, fail_open=False, lease_seconds=60)
+        ticket = await limiter.acquire([acme], 600)
+        limiter.settle(ticket, 100)
+        limiter.settle(ticket, 100)  # as a retry after a timeout would
+        await limiter.close()
+        again = RedisLimiter(redis_url, fail_open=False, lease_seconds=60)
+        await again.acquire([acme], 900)  # 100 used: 900 fit, and no more
+        with pytest.raises(RateLimitError):
+            await again.acquire([acme], 1)
+        await again.close()
+
+    asyncio.run(scenario())

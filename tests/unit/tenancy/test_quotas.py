@@ -138,3 +138,26 @@ def test_the_cache_reads_the_store_once_per_ttl(
         assert (await cache.limits_for(caller)).tenant.concurrency == 3
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"tokens_per_day": 10**20}, "tokens_per_day"),
+        ({"concurrency": 2**31}, "concurrency"),
+        ({"cpu_limit": 1e9}, "cpu_limit"),
+    ],
+)
+def test_limits_beyond_what_the_store_holds_are_refused(
+    stores: tuple[Database, TenantService, QuotaService], changes: dict[str, int], field: str
+) -> None:
+    _, tenants, quotas = stores
+    tenants.create_tenant("acme")
+    with pytest.raises(InvalidRequestError, match=f"{field} must be between 0 and"):
+        quotas.update("acme", changes)
+    assert quotas.get("acme") == Quota()
+
+
+def test_an_enormous_quantity_is_refused_not_overflowed() -> None:
+    with pytest.raises(InvalidRequestError, match="too large"):
+        parse_bytes("99999999999Pi", "memory_limit")
