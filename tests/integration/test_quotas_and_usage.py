@@ -149,6 +149,30 @@ def test_developers_manage_their_own_keys_and_admins_all_of_the_tenants(
         assert http.get("/v1/models", headers=auth(made["key"])).status_code == 401
 
 
+def test_keys_made_with_a_limited_key_inherit_its_limits_and_fall_with_it(
+    served: tuple[InhouseProcess, str],
+) -> None:
+    server, admin = served
+    developer = server.new_key("acme", "developer")
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        own = http.get("/admin/tenants/acme/keys", headers=auth(developer)).json()
+        developer_id = next(k["id"] for k in own if k["created_by"] is None)
+        server.cli("quotas", "set", "acme", "--key", developer_id, "--rpm", "5")
+        minted = http.post("/admin/tenants/acme/keys", json={}, headers=auth(developer)).json()
+        inherited = http.get(
+            "/admin/tenants/acme/quotas", params={"key": minted["id"]}, headers=auth(admin)
+        ).json()
+        assert inherited["requests_per_minute"] == 5
+        revoked = http.delete(f"/admin/tenants/acme/keys/{developer_id}", headers=auth(admin))
+        assert revoked.status_code == 200
+        keys = {
+            k["id"]: k for k in http.get("/admin/tenants/acme/keys", headers=auth(admin)).json()
+        }
+        assert keys[minted["id"]]["revoked_at"] is not None  # revoked with its maker
+        time.sleep(1.2)  # past the key cache
+        assert http.get("/v1/models", headers=auth(minted["key"])).status_code == 401
+
+
 def test_admin_actions_are_in_the_audit_chain_and_tampering_is_named(
     served: tuple[InhouseProcess, str],
 ) -> None:

@@ -120,7 +120,10 @@ class TenantService:
     def revoke_key(
         self, key_id_or_prefix: str, *, tenant_name: str | None = None, owner: str | None = None
     ) -> ApiKeyInfo:
-        """Revoke a key; ``tenant_name`` and ``owner`` narrow where it may be found."""
+        """Revoke a key and every key made with it, and with those, and so on.
+
+        ``tenant_name`` and ``owner`` narrow where the key may be found.
+        """
         query = (
             select(ApiKeyRow, TenantRow.name)
             .join(TenantRow)
@@ -137,8 +140,18 @@ class TenantService:
             if len(matches) > 1:
                 raise ConflictError(f"{key_id_or_prefix!r} matches several keys; use the key id")
             row, tenant_name = matches[0]
+            now = utcnow()
             if row.revoked_at is None:
-                row.revoked_at = utcnow()
+                row.revoked_at = now
+            parents = [row.id]
+            while parents:  # the keys it made, level by level
+                children = session.scalars(
+                    select(ApiKeyRow).where(ApiKeyRow.created_by.in_(parents))
+                ).all()
+                for child in children:
+                    if child.revoked_at is None:
+                        child.revoked_at = now
+                parents = [child.id for child in children if child.id not in parents]
             return _key_info(row, tenant_name)
 
     def principal_for_plaintext(self, plaintext: str) -> Principal | None:
