@@ -12,6 +12,7 @@ If Redis cannot be reached the limiter fails closed (503, nothing admitted) or o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -100,6 +101,19 @@ return 0
 """
 
 
+# KEYS: the lease sets of one ticket's subjects. ARGV: ticket, lease in ms.
+_RENEW = """
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+for k = 1, #KEYS do
+  if redis.call('ZADD', KEYS[k], 'XX', 'CH', until_ms, ARGV[1]) == 1 then
+    redis.call('PEXPIRE', KEYS[k], ARGV[2])
+  end
+end
+return 0
+"""
+
+
 def _keys(subject: Subject, windows: Windows) -> list[str]:
     base = f"{_KEY_PREFIX}{subject.id}"
     return [
@@ -125,6 +139,10 @@ class RedisLimiter:
         self._to_settle: list[tuple[Ticket, int]] = []
         self._settle_wake = asyncio.Event()
         self._settler: asyncio.Task[None] | None = None
+        self._renew = self._redis.register_script(_RENEW)
+        self._held: dict[str, Ticket] = {}
+        self._renewer: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
         self._closing = False
         self._reachable = True
 
@@ -155,7 +173,32 @@ class RedisLimiter:
             name = LIMIT_NAMES[int(result[1]) - 1]
             needed = estimate if name.startswith("tokens") else 1
             raise refusal(subject, name, int(result[2]), needed, windows, now)
+        self._held[ticket.id] = ticket
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_forever(), name="quota-leases")
         return ticket
+
+    async def _renew_forever(self) -> None:
+        """Extend the leases of requests still running, so a long one keeps its slot."""
+        interval = self._lease_ms / 3000
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), timeout=interval)
+            held = list(self._held.values())
+            if self._closing or not held:
+                continue
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for ticket in held:
+                        leases = [_keys(subject, ticket.windows)[0] for subject in ticket.subjects]
+                        pipe.evalsha(
+                            self._renew.sha, len(leases), *leases, ticket.id, self._lease_ms
+                        )
+                    await pipe.execute()
+            except NoScriptError:
+                await self._redis.script_load(_RENEW)
+            except RedisError as exc:
+                log.warning("renewing %d quota leases failed: %s", len(held), exc)
 
     def _unreachable(self, exc: Exception, ticket: Ticket) -> Ticket:
         if self._reachable:
@@ -178,6 +221,7 @@ class RedisLimiter:
         """Queue the settlement; one background task sends queued ones in a pipeline."""
         if not ticket.enforced:
             return
+        self._held.pop(ticket.id, None)
         self._to_settle.append((ticket, actual_tokens))
         self._settle_wake.set()
         if self._settler is None:
@@ -241,6 +285,9 @@ class RedisLimiter:
 
     async def close(self) -> None:
         self._closing = True  # the settler sends what is queued, then ends
+        self._closed.set()
+        if self._renewer is not None:
+            await self._renewer
         if self._settler is not None and not self._settler.done():
             self._settle_wake.set()
             await self._settler

@@ -233,3 +233,20 @@ def test_a_settlement_sent_twice_refunds_once(redis_url: str) -> None:
         await again.close()
 
     asyncio.run(scenario())
+
+
+def test_a_long_request_keeps_its_concurrency_slot_past_its_first_lease(redis_url: str) -> None:
+    acme = subject(concurrency=1)
+
+    async def scenario() -> None:
+        limiter = RedisLimiter(redis_url, fail_open=False, lease_seconds=0.6)
+        ticket = await limiter.acquire([acme], 0)
+        await asyncio.sleep(1.5)  # more than two leases: renewed while it runs
+        with pytest.raises(RateLimitError, match="concurrency"):
+            await limiter.acquire([acme], 0)
+        limiter.settle(ticket, 0)
+        await asyncio.sleep(0.1)
+        limiter.settle(await limiter.acquire([acme], 0), 0)
+        await limiter.close()
+
+    asyncio.run(scenario())
