@@ -1,0 +1,1 @@
+"""Flows: pre- and post-processing steps around generation (the app track)."""
