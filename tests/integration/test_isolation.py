@@ -4,6 +4,8 @@ things that do not exist. A route this table does not cover fails the test."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +58,11 @@ def _auth(key: str) -> dict[str, str]:
 
 
 def _key_id(server: InhouseProcess, tenant: str) -> str:
-    import json
-
     lines = server.cli("keys", "list", "--tenant", tenant, "--json").stdout.splitlines()
     return str(json.loads(lines[0])["id"])
 
 
 def _wait_for_model(http: httpx.Client, key: str, name: str) -> None:
-    import time
-
     deadline = time.monotonic() + 10
     while name not in http.get("/v1/models", headers=_auth(key)).text:
         assert time.monotonic() < deadline
@@ -171,7 +169,10 @@ def test_the_foreign_tenant_is_untouched_and_its_owner_sees_it_all(world: World)
         keys = http.get("/admin/tenants/b/keys").json()
         assert [k["revoked_at"] for k in keys] == [None]
         assert "b-llm" in http.get("/v1/models").text
-        usage = http.get("/admin/usage", params={"by": "model"}).json()["data"]
+        deadline = time.monotonic() + 10  # usage is written in batches, off the request path
+        while not (usage := http.get("/admin/usage", params={"by": "model"}).json()["data"]):
+            assert time.monotonic() < deadline, "B's usage never reached the database"
+            time.sleep(0.2)
         assert [(row["model"], row["requests"]) for row in usage] == [("b-llm", 1)]
         actions = [e["action"] for e in http.get("/admin/audit").json()["data"]]
         assert actions == ["tenant.create", "key.create", "model.add", "quota.update"]

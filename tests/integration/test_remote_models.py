@@ -54,7 +54,8 @@ def wait_for_rows(data_dir: Path, model: str, count: int) -> list[tuple[int, int
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         rows = usage_rows(data_dir, model)
-        if len(rows) >= count:
+        # A stream's row is written when it starts (status 0) and replaced when it ends.
+        if len(rows) >= count and all(row[0] != 0 for row in rows):
             return rows
         time.sleep(0.2)
     raise AssertionError(
