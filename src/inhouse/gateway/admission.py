@@ -103,15 +103,7 @@ class Admission:
     def _injected(self, request: GenerationCall, limits: Limits) -> int:
         """The max_tokens a remote request without one gets: the default, or less where
         the smallest token quota would otherwise refuse it outright."""
-        smallest = min(
-            (
-                value
-                for quota in (limits.tenant, limits.key)
-                for value in (quota.tokens_per_minute, quota.tokens_per_day, quota.tokens_per_month)
-                if value is not None
-            ),
-            default=None,
-        )
+        smallest = limits.smallest_token_limit
         if smallest is None:
             return self._remote_max_tokens
         # The field itself lengthens the body: ',"max_tokens":' and up to ten digits.

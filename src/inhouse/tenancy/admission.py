@@ -20,7 +20,7 @@ from typing import Protocol
 
 from inhouse.errors import InvalidRequestError, RateLimitError
 from inhouse.tenancy.models import Principal
-from inhouse.tenancy.quotas import Limits, Quota
+from inhouse.tenancy.quotas import TOKEN_LIMITS, Limits, Quota
 
 # Checked in this order; the first that does not fit names the refusal.
 LIMIT_NAMES = (
@@ -119,10 +119,6 @@ class WindowClock:
         return windows, now
 
 
-def token_counter_names() -> tuple[str, ...]:
-    return ("tokens_per_minute", "tokens_per_day", "tokens_per_month")
-
-
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """What one admitted request holds until it settles."""
@@ -141,7 +137,7 @@ def new_ticket(subjects: Sequence[Subject], estimate: int, windows: Windows) -> 
 def refuse_impossible(subjects: Sequence[Subject], estimate: int) -> None:
     """Raise 400 for a request that no window could ever admit: waiting would not help."""
     for subject in subjects:
-        for name in token_counter_names():
+        for name in TOKEN_LIMITS:
             limit = subject.limit(name)
             if limit is not None and estimate > limit:
                 raise InvalidRequestError(
@@ -232,14 +228,14 @@ class LocalLimiter:
         for subject in subjects:
             self._in_flight[subject.id] = self._in_flight.get(subject.id, 0) + 1
             self._add(subject.id, "requests_per_minute", windows.minute, 1)
-            for name in token_counter_names():
+            for name in TOKEN_LIMITS:
                 self._add(subject.id, name, windows.window_of(name), estimate)
         return new_ticket(subjects, estimate, windows)
 
     def settle(self, ticket: Ticket, actual_tokens: int) -> None:
         for subject in ticket.subjects:
             self._in_flight[subject.id] = max(0, self._in_flight.get(subject.id, 0) - 1)
-            for name in token_counter_names():
+            for name in TOKEN_LIMITS:
                 window = ticket.windows.window_of(name)
                 self._add(subject.id, name, window, actual_tokens - ticket.estimate)
 

@@ -23,6 +23,9 @@ from inhouse.store.db import Database
 from inhouse.store.tables import ApiKeyRow, QuotaRow, TenantRow, utcnow
 from inhouse.tenancy.models import Principal
 
+TOKEN_LIMITS = ("tokens_per_minute", "tokens_per_day", "tokens_per_month")
+"""The quotas counted in tokens; each window is reserved and settled on every request."""
+
 
 class PriorityClass(StrEnum):
     HIGH = "high"
@@ -46,12 +49,14 @@ class Quota:
     storage_limit: int | None = None
     """Bytes."""
 
+    def token_limits(self) -> list[int]:
+        """The token limits that are set, of any window."""
+        values: list[int | None] = [getattr(self, name) for name in TOKEN_LIMITS]
+        return [value for value in values if value is not None]
+
     @property
     def limits_tokens(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.tokens_per_day, self.tokens_per_month, self.tokens_per_minute)
-        )
+        return bool(self.token_limits())
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -75,6 +80,10 @@ class Limits:
     @property
     def limits_tokens(self) -> bool:
         return self.tenant.limits_tokens or self.key.limits_tokens
+
+    @property
+    def smallest_token_limit(self) -> int | None:
+        return min([*self.tenant.token_limits(), *self.key.token_limits()], default=None)
 
 
 _INT32, _INT64 = 2**31 - 1, 2**63 - 1
