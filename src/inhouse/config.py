@@ -3,8 +3,8 @@
 Environment variables are prefixed ``INHOUSE_``; nested sections use a double
 underscore (``INHOUSE_ENGINE__MAX_CONCURRENT_GENERATIONS=2``). A YAML file named by
 ``INHOUSE_CONFIG_FILE`` supplies defaults that the environment overrides. Nothing
-else in the package reads the environment, except the remote engine client, which
-reads the upstream API key variable an operator named for a model.
+else in the package reads the environment, except the model registry, which reads
+the upstream API key variable an operator named for a model.
 """
 
 from __future__ import annotations
@@ -62,6 +62,17 @@ class EngineSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
 
 
+class CipherAlgorithm(StrEnum):
+    """Authenticated encryption of records at rest."""
+
+    SM4_GCM = "sm4-gcm"
+    AES_256_GCM = "aes-256-gcm"
+
+    @property
+    def key_bytes(self) -> int:
+        return 16 if self is CipherAlgorithm.SM4_GCM else 32
+
+
 class QuotaFailureMode(StrEnum):
     """What admission does while Redis is unreachable."""
 
@@ -99,6 +110,37 @@ class MeteringSettings(BaseModel):
     )
 
 
+class CryptoSettings(BaseModel):
+    """Encryption at rest: data keys (SM4-GCM by default) wrapped by a master key."""
+
+    algorithm: CipherAlgorithm = CipherAlgorithm.SM4_GCM
+    key_provider: str = Field(
+        default="file",
+        description="'file' (master_key_file, created on first start), 'env' "
+        "(INHOUSE_MASTER_KEY) or an entry point name in the inhouse.key_providers group",
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="default: master.key in the data directory"
+    )
+    rotation_days: float = Field(
+        default=7.0, gt=0.0, description="a new data key is made when the current one is older"
+    )
+    rotation_check_seconds: float = Field(
+        default=300.0, gt=0.0, description="how often a gateway checks whether rotation is due"
+    )
+    rewrap_after_rotation: bool = Field(
+        default=True,
+        description="after a scheduled rotation, re-encrypt older records in the background",
+    )
+    rewrap_batch_size: int = Field(default=500, ge=1, le=100_000)
+    warn_days_before: float = Field(
+        default=1.0, ge=0.0, description="crypto status warns this long before rotation is due"
+    )
+
+
+COMPLIANCE_MAX_ROTATION_DAYS = 7.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INHOUSE_",
@@ -114,6 +156,13 @@ class Settings(BaseSettings):
     log_level: str = "info"
     secret_key: SecretStr | None = None
     node_token: SecretStr | None = None
+    master_key: SecretStr | None = Field(
+        default=None, description="base64 of 32 random bytes, for crypto.key_provider 'env'"
+    )
+    compliance_mode: bool = Field(
+        default=False,
+        description="refuse settings weaker than MLPS level 3 asks for (key rotation > 7 days)",
+    )
     redis_url: str | None = Field(
         default=None,
         description="Redis for quota counters shared by gateway replicas; in-process if unset",
@@ -123,6 +172,16 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     gateway: GatewaySettings = GatewaySettings()
     metering: MeteringSettings = MeteringSettings()
+    crypto: CryptoSettings = CryptoSettings()
+
+    @model_validator(mode="after")
+    def _refuse_weak_settings_in_compliance_mode(self) -> Settings:
+        if self.compliance_mode and self.crypto.rotation_days > COMPLIANCE_MAX_ROTATION_DAYS:
+            raise ValueError(
+                f"compliance_mode is on: crypto.rotation_days must be at most "
+                f"{COMPLIANCE_MAX_ROTATION_DAYS:g} (it is {self.crypto.rotation_days:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -153,6 +212,11 @@ class Settings(BaseSettings):
     @property
     def usage_journal_dir(self) -> Path:
         return self.data_dir / "usage-journal"
+
+    @property
+    def master_key_file(self) -> Path:
+        configured = self.crypto.master_key_file
+        return configured if configured is not None else self.data_dir / "master.key"
 
     @property
     def secret_key_file(self) -> Path:

@@ -28,17 +28,10 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InhousePro
         server.stop()
 
 
-def add_model(server: InhouseProcess, name: str, upstream: FakeUpstream) -> None:
+def add_model(server: InhouseProcess, name: str, upstream: FakeUpstream, *key_options: str) -> None:
+    key_options = key_options or ("--api-key-env", "UPSTREAM_TOKEN")
     server.cli(
-        "models",
-        "add",
-        name,
-        "--url",
-        upstream.url,
-        "--upstream-model",
-        "big-model",
-        "--api-key-env",
-        "UPSTREAM_TOKEN",
+        "models", "add", name, "--url", upstream.url, "--upstream-model", "big-model", *key_options
     )
     deadline = time.monotonic() + 10
     client = httpx.Client(headers={"Authorization": f"Bearer {server.admin_key}"})
@@ -103,6 +96,22 @@ def test_json_and_stream_are_relayed_with_usage(relay: tuple[InhouseProcess, str
 
     rows = wait_for_rows(server.data_dir, "center", 3)
     assert rows == [(200, 11, 4, False), (200, 11, 4, True), (200, 11, 4, True)]
+
+
+def test_an_upstream_key_from_a_file_is_stored_encrypted_and_sent(
+    relay: tuple[InhouseProcess, str], tmp_path: Path
+) -> None:
+    server, key = relay
+    key_file = tmp_path / "upstream.key"
+    key_file.write_text("sk-vendor-7f3a9c\n")
+    with FakeUpstream(reply_text="ok") as upstream:
+        add_model(server, "vendor", upstream, "--api-key-file", str(key_file))
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+        client.chat.completions.create(model="vendor", messages=MESSAGES)
+        assert upstream.received[-1].headers["Authorization"] == "Bearer sk-vendor-7f3a9c"
+    database = (server.data_dir / "inhouse.db").read_bytes()
+    assert b"sk-vendor-7f3a9c" not in database
+    assert b"ih1:1:sm4-gcm:" in database
 
 
 def test_upstream_refusal_is_relayed_and_outage_is_502(relay: tuple[InhouseProcess, str]) -> None:

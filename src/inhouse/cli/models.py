@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -33,6 +34,11 @@ def add(
     api_key_env: str | None = typer.Option(
         None, "--api-key-env", help="environment variable holding the upstream's API key"
     ),
+    api_key_file: Path | None = typer.Option(
+        None,
+        "--api-key-file",
+        help="file holding the upstream's API key ('-': standard input); stored encrypted",
+    ),
     tenant: str | None = typer.Option(
         None, "--tenant", help="only this tenant sees and uses the model (default: all tenants)"
     ),
@@ -47,18 +53,34 @@ def add(
             quota = control.quotas.get(tenant)
             owner = TenantOwner(found.id, found.name, quota.model_count)
         if path is not None:
-            if upstream_model or api_key_env:
-                raise fail("--upstream-model and --api-key-env apply to remote models only")
+            if upstream_model or api_key_env or api_key_file:
+                raise fail(
+                    "--upstream-model, --api-key-env and --api-key-file apply to remote models only"
+                )
             entry = control.registry.add_local(name, path, owner=owner)
         else:
             assert url is not None
             entry = control.registry.add_remote(
-                name, url, upstream_model=upstream_model, api_key_env=api_key_env, owner=owner
+                name,
+                url,
+                upstream_model=upstream_model,
+                api_key_env=api_key_env,
+                api_key=_read_api_key(api_key_file),
+                owner=owner,
             )
         control.record(
             cli_actor(), "model.add", tenant_id=entry.tenant_id, target=entry.name, kind=entry.kind
         )
     console.print(f"added {entry.kind.value} model {entry.name}", highlight=False)
+
+
+def _read_api_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return sys.stdin.read() if str(path) == "-" else path.read_text()
+    except OSError as exc:
+        raise fail(f"cannot read --api-key-file {path}: {exc.strerror}") from None
 
 
 @app.command("list")

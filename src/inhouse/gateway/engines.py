@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,7 +109,7 @@ class EnginePool:
         client = self._upstreams.get(entry.id)
         if client is None:
             assert self._session is not None and entry.url is not None
-            api_key = os.environ.get(entry.api_key_env) if entry.api_key_env else None
+            api_key = self._registry.upstream_api_key(entry)
             client = UpstreamClient(
                 self._session, entry.url, upstream_model=entry.upstream_model, api_key=api_key
             )

@@ -10,11 +10,15 @@ from typing import Any
 from inhouse.config import QuotaFailureMode, Settings
 from inhouse.gateway.admission import Admission
 from inhouse.gateway.engines import EnginePool
+from inhouse.gateway.periodic import Periodic
 from inhouse.gateway.service import Gateway
 from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.registry.models import BUILTIN_MODEL_NAME, ModelRegistry
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.security.key_provider import load_master_key
+from inhouse.security.key_rotation import KeyRotation
+from inhouse.security.keyring import Keyring
 from inhouse.security.secret_file import resolve_secret_key
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
@@ -39,6 +43,7 @@ class Control:
     registry: ModelRegistry
     quotas: QuotaService
     audit: AuditLog
+    keyring: Keyring
     admin_key_written: Path | None = None
 
     def record(
@@ -53,6 +58,10 @@ class Control:
         """Append an admin action to the audit chain (metadata only, never secrets)."""
         self.audit.record(AuditEvent(actor, action, tenant_id, target, details=details))
 
+    @property
+    def key_rotation(self) -> KeyRotation:
+        return KeyRotation(self.db, self.keyring, self.audit, self.settings.crypto)
+
 
 def open_control(settings: Settings) -> Control:
     """Open the store, apply migrations and, on the very first start, bootstrap it."""
@@ -61,8 +70,9 @@ def open_control(settings: Settings) -> Control:
     upgrade_to_head(db.engine)
     secret = resolve_secret_key(settings)
     tenants = TenantService(db, ApiKeyHasher(secret))
-    audit = AuditLog(db, secret)
-    registry = ModelRegistry(db)
+    keyring = Keyring(db, load_master_key(settings), settings.crypto.algorithm)
+    audit = AuditLog(db, secret, keyring)
+    registry = ModelRegistry(db, keyring)
     written = tenants.bootstrap_platform(settings.admin_key_file)
     if written is not None:
         audit.record(AuditEvent("system", "platform.bootstrap", target=str(written.name)))
@@ -76,6 +86,7 @@ def open_control(settings: Settings) -> Control:
         registry=registry,
         quotas=QuotaService(db),
         audit=audit,
+        keyring=keyring,
         admin_key_written=written,
     )
 
@@ -89,6 +100,7 @@ class Services:
     metrics: GatewayMetrics
     admission: Admission
     gateway: Gateway
+    housekeeping: tuple[Periodic, ...]
 
     @property
     def settings(self) -> Settings:
@@ -97,8 +109,12 @@ class Services:
     async def start(self) -> None:
         self.recorder.start()
         await self.engines.start()
+        for job in self.housekeeping:
+            job.start()
 
     async def close(self) -> None:
+        for job in self.housekeeping:
+            await job.close()
         await self.engines.close()
         await self.admission.limiter.close()
         await self.recorder.close()
@@ -139,4 +155,11 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         admission=admission,
         gateway=Gateway(engines, recorder, metrics, admission),
+        housekeeping=(
+            Periodic(
+                "key rotation",
+                control.key_rotation.rotate_if_due,
+                settings.crypto.rotation_check_seconds,
+            ),
+        ),
     )

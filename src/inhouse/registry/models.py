@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +20,8 @@ from inhouse.errors import (
     QuotaExceededError,
 )
 from inhouse.security.api_keys import new_id
+from inhouse.security.keyring import Keyring
+from inhouse.security.sealed_columns import model_api_key_context
 from inhouse.store.db import Database
 from inhouse.store.tables import ModelRow, utcnow
 
@@ -43,6 +46,8 @@ class ModelEntry:
     url: str | None = None
     upstream_model: str | None = None
     api_key_env: str | None = None
+    api_key_sealed: str | None = field(default=None, repr=False)
+    """The upstream's API key sealed at rest; opened by ``ModelRegistry.upstream_api_key``."""
     tenant_id: str | None = None
     """The owning tenant; None: shared by every tenant."""
 
@@ -73,6 +78,7 @@ def _entry(row: ModelRow) -> ModelEntry:
         url=row.url,
         upstream_model=row.upstream_model,
         api_key_env=row.api_key_env,
+        api_key_sealed=row.api_key_sealed,
         tenant_id=row.tenant_id,
     )
 
@@ -101,8 +107,9 @@ class TenantOwner:
 
 
 class ModelRegistry:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring) -> None:
         self._db = db
+        self._keyring = keyring
 
     def list(self) -> list[ModelEntry]:
         with self._db.session() as session:
@@ -137,9 +144,18 @@ class ModelRegistry:
         *,
         upstream_model: str | None = None,
         api_key_env: str | None = None,
+        api_key: str | None = None,
         owner: TenantOwner | None = None,
     ) -> ModelEntry:
+        """A remote upstream; its API key named by a variable, or given and stored sealed."""
         _check_name(name)
+        if api_key_env is not None and api_key is not None:
+            raise InvalidRequestError(
+                "give the upstream's API key or the variable holding it, not both",
+                param="api_key",
+            )
+        if api_key is not None and not api_key.strip():
+            raise InvalidRequestError("the upstream API key is empty", param="api_key")
         if not re.match(r"^https?://[^\s/]+", url):
             raise InvalidRequestError(
                 f"invalid URL {url!r}: use http(s)://host[:port]/v1", param="url"
@@ -159,7 +175,7 @@ class ModelRegistry:
             upstream_model=upstream_model,
             api_key_env=api_key_env,
         )
-        return self._insert(row, owner)
+        return self._insert(row, owner, api_key=api_key.strip() if api_key else None)
 
     def remove(self, name: str) -> ModelEntry:
         with self._db.session() as session:
@@ -169,8 +185,18 @@ class ModelRegistry:
             session.delete(row)
             return _entry(row)
 
-    def _insert(self, row: ModelRow, owner: TenantOwner | None = None) -> ModelEntry:
+    def upstream_api_key(self, entry: ModelEntry) -> str | None:
+        """The key to send upstream: opened from the store, or read from its variable."""
+        if entry.api_key_sealed is not None:
+            return self._keyring.decrypt_text(entry.api_key_sealed, model_api_key_context(entry.id))
+        return os.environ.get(entry.api_key_env) if entry.api_key_env else None
+
+    def _insert(
+        self, row: ModelRow, owner: TenantOwner | None = None, *, api_key: str | None = None
+    ) -> ModelEntry:
         row.id = new_id("mdl")
+        if api_key is not None:
+            row.api_key_sealed = self._keyring.encrypt(api_key, model_api_key_context(row.id))
         row.created_at = utcnow()
         row.tenant_id = owner.tenant_id if owner is not None else None
         try:

@@ -9,6 +9,10 @@ and entries moved or swapped break the link to their predecessor.
 Appends from any number of processes serialise on the sequence number (a primary key):
 a writer that loses the race reads the new head and tries again.
 
+Details are sealed at rest with the current data key (context ``audit:<seq>``); the
+hash covers their plain text, so rewrapping them under a newer key leaves the chain
+intact, while a sealed value that was changed no longer opens and is reported.
+
 What the chain cannot show on its own is the loss of its newest entries: compare the
 head (``AuditLog.head``) with one exported or recorded elsewhere for that.
 """
@@ -25,6 +29,9 @@ from cryptography.hazmat.primitives import hashes, hmac
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from inhouse.security.envelope import DecryptionError, is_sealed
+from inhouse.security.keyring import Keyring
+from inhouse.security.sealed_columns import audit_details_context
 from inhouse.store.db import Database
 from inhouse.store.tables import AuditRow
 
@@ -110,7 +117,7 @@ def chain_hash(key: bytes, prev_hash: str, row: AuditRow | AuditEntry) -> str:
     return mac.finalize().hex()
 
 
-def _entry(row: AuditRow) -> AuditEntry:
+def _entry(row: AuditRow, details: str) -> AuditEntry:
     return AuditEntry(
         seq=row.seq,
         created_at=row.created_at,
@@ -119,16 +126,33 @@ def _entry(row: AuditRow) -> AuditEntry:
         action=row.action,
         target=row.target,
         outcome=row.outcome,
-        details=row.details,
+        details=details,
         prev_hash=row.prev_hash,
         hash=row.hash,
     )
 
 
 class AuditLog:
-    def __init__(self, db: Database, server_secret: bytes) -> None:
+    def __init__(self, db: Database, server_secret: bytes, keyring: Keyring) -> None:
         self._db = db
         self._key = chain_key(server_secret)
+        self._keyring = keyring
+
+    def _open_details(self, row: AuditRow) -> str:
+        """The plain details of a row; raises DecryptionError if they were tampered with."""
+        if not is_sealed(row.details):
+            return row.details  # written before encryption at rest; rewrap seals it
+        return self._keyring.decrypt_text(row.details, audit_details_context(row.seq))
+
+    def _entry(self, row: AuditRow) -> AuditEntry:
+        return _entry(row, self._open_details(row))
+
+    def _readable_entry(self, row: AuditRow) -> AuditEntry:
+        """For listings: an entry whose details were tampered with says so instead."""
+        try:
+            return self._entry(row)
+        except DecryptionError:
+            return _entry(row, json.dumps({"error": "details changed: they do not decrypt"}))
 
     def record(self, event: AuditEvent) -> AuditEntry:
         """Append one entry to the chain; returns it with its sequence number and hash."""
@@ -156,14 +180,15 @@ class AuditLog:
                 hash="",
             )
             row.hash = chain_hash(self._key, row.prev_hash, row)
+            row.details = self._keyring.encrypt(details, audit_details_context(row.seq))
             session.add(row)
             session.flush()
-            return _entry(row)
+            return _entry(row, details)
 
     def head(self) -> AuditEntry | None:
         with self._db.session() as session:
             row = session.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()
-            return None if row is None else _entry(row)
+            return None if row is None else self._readable_entry(row)
 
     def entries(
         self,
@@ -184,7 +209,7 @@ class AuditLog:
         if limit is not None:
             query = query.limit(limit)
         with self._db.session() as session:
-            return [_entry(row) for row in session.scalars(query)]
+            return [self._readable_entry(row) for row in session.scalars(query)]
 
     def _all_rows(self, batch: int = 1000) -> Iterator[AuditRow]:
         last = 0
@@ -213,7 +238,11 @@ class AuditLog:
                 return Verification(
                     checked, row.seq, f"entry {row.seq} does not follow entry {row.seq - 1}"
                 )
-            if chain_hash(self._key, prev_hash, row) != row.hash:
+            try:
+                entry = self._entry(row)
+            except DecryptionError:
+                return Verification(checked, row.seq, f"entry {row.seq} was changed (details)")
+            if chain_hash(self._key, prev_hash, entry) != row.hash:
                 return Verification(checked, row.seq, f"entry {row.seq} was changed")
             checked += 1
             expected_seq, prev_hash = row.seq + 1, row.hash

@@ -49,6 +49,8 @@ class ModelRow(Base):
     url: Mapped[str | None] = mapped_column(Text, nullable=True)
     upstream_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
     api_key_env: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    api_key_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The upstream's API key, sealed with a data key (``inhouse.security.keyring``)."""
     tenant_id: Mapped[str | None] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
     )
@@ -115,3 +117,14 @@ class AuditRow(Base):
     details: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class DataKeyRow(Base):
+    """A data key, wrapped by the master key; the highest version seals new records."""
+
+    __tablename__ = "data_keys"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    wrapped: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -30,6 +30,7 @@ from inhouse.tenancy.metering import UsageRecorder
 from inhouse.tenancy.models import Principal, Role
 from inhouse.tenancy.quotas import LimitsCache, QuotaService
 from inhouse.tenancy.service import TenantService
+from tests.keyrings import keyring_for
 
 PRINCIPAL = Principal(tenant_id="ten_a", tenant_name="a", key_id="key_a", role=Role.DEVELOPER)
 MESSAGE = "one two three four five six"
@@ -45,7 +46,7 @@ class Harness:
         settings = Settings(data_dir=tmp_path, builtin_model=False)
         self.db = Database(f"sqlite:///{tmp_path / 'g.db'}")
         upgrade_to_head(self.db.engine)
-        registry = ModelRegistry(self.db)
+        registry = ModelRegistry(self.db, keyring_for(self.db))
         weights = tmp_path / "weights"
         weights.mkdir()
         (weights / "config.json").write_text("{}")

@@ -8,13 +8,14 @@ from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
 from inhouse.registry.models import ModelKind, ModelRegistry
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
+from tests.keyrings import keyring_for
 
 
 @pytest.fixture
 def registry(database_url: str) -> ModelRegistry:
     db = Database(database_url)
     upgrade_to_head(db.engine)
-    return ModelRegistry(db)
+    return ModelRegistry(db, keyring_for(db))
 
 
 def test_add_list_remove(registry: ModelRegistry, tmp_path: Path) -> None:
@@ -65,3 +66,16 @@ def test_the_node_of_a_remote_model_is_its_host_without_credentials() -> None:
     entry = ModelEntry("m", "m", ModelKind.REMOTE, now, url="https://user:t0ken@gpu-1:8443/v1")
     assert entry.node_label == "gpu-1:8443"
     assert ModelEntry("m", "m", ModelKind.LOCAL, now, path="/w").node_label == "local"
+
+
+def test_an_upstream_key_is_sealed_in_the_store_and_opened_for_the_engine(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = registry.add_remote("vendor", "https://api.vendor.example/v1", api_key=" sk-9 \n")
+    assert entry.api_key_sealed is not None and "sk-9" not in entry.api_key_sealed
+    assert registry.upstream_api_key(registry.get("vendor")) == "sk-9"
+    monkeypatch.setenv("VENDOR_KEY", "sk-from-env")
+    by_variable = registry.add_remote("other", "https://b.example/v1", api_key_env="VENDOR_KEY")
+    assert registry.upstream_api_key(by_variable) == "sk-from-env"
+    with pytest.raises(InvalidRequestError, match="not both"):
+        registry.add_remote("both", "https://c.example/v1", api_key="k", api_key_env="K")

@@ -6,14 +6,23 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
+from inhouse.config import CipherAlgorithm
 from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.security.key_provider import MasterKey
+from inhouse.security.keyring import Keyring
+from inhouse.security.sealed_columns import rewrap
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.store.tables import AuditRow
 
 SECRET = b"s" * 48
+MASTER = MasterKey(b"m" * 32, "test")
+
+
+def audit_log(db: Database, secret: bytes = SECRET) -> AuditLog:
+    return AuditLog(db, secret, Keyring(db, MASTER, CipherAlgorithm.SM4_GCM))
 
 
 @pytest.fixture
@@ -29,7 +38,7 @@ def fill(log: AuditLog, count: int) -> None:
 
 
 def test_an_untouched_chain_verifies(db: Database) -> None:
-    log = AuditLog(db, SECRET)
+    log = audit_log(db)
     assert log.verify().ok and log.verify().checked == 0
     fill(log, 5)
     result = log.verify()
@@ -41,7 +50,7 @@ def test_an_untouched_chain_verifies(db: Database) -> None:
 
 
 def test_concurrent_writers_keep_one_unbroken_chain(db: Database) -> None:
-    log = AuditLog(db, SECRET)
+    log = audit_log(db)
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda _: fill(log, 10), range(6)))
     result = log.verify()
@@ -49,7 +58,7 @@ def test_concurrent_writers_keep_one_unbroken_chain(db: Database) -> None:
 
 
 def test_an_edited_entry_is_named(db: Database) -> None:
-    log = AuditLog(db, SECRET)
+    log = audit_log(db)
     fill(log, 6)
     with db.session() as session:
         session.execute(update(AuditRow).where(AuditRow.seq == 4).values(actor="key_someone"))
@@ -59,7 +68,7 @@ def test_an_edited_entry_is_named(db: Database) -> None:
 
 
 def test_a_deleted_entry_is_named(db: Database) -> None:
-    log = AuditLog(db, SECRET)
+    log = audit_log(db)
     fill(log, 6)
     with db.session() as session:
         session.execute(delete(AuditRow).where(AuditRow.seq == 3))
@@ -68,7 +77,7 @@ def test_a_deleted_entry_is_named(db: Database) -> None:
 
 
 def test_reordered_entries_are_named(db: Database) -> None:
-    log = AuditLog(db, SECRET)
+    log = audit_log(db)
     fill(log, 6)
     # Swap entries 2 and 5 whole (hashes included), renumbering them.
     with db.session() as session:
@@ -80,6 +89,36 @@ def test_reordered_entries_are_named(db: Database) -> None:
 
 
 def test_a_chain_rebuilt_without_the_secret_does_not_verify(db: Database) -> None:
-    fill(AuditLog(db, b"not the server secret" * 3), 3)
-    result = AuditLog(db, SECRET).verify()
+    fill(audit_log(db, b"not the server secret" * 3), 3)
+    result = audit_log(db).verify()
     assert result.first_bad_seq == 1
+
+
+def test_details_are_sealed_at_rest_and_a_changed_ciphertext_is_named(db: Database) -> None:
+    log = audit_log(db)
+    fill(log, 4)
+    with db.session() as session:
+        stored = session.scalar(select(AuditRow.details).where(AuditRow.seq == 3))
+        assert stored is not None and stored.startswith("ih1:1:sm4-gcm:")
+        assert '"n"' not in stored
+        moved = session.scalar(select(AuditRow.details).where(AuditRow.seq == 2))
+        session.execute(update(AuditRow).where(AuditRow.seq == 3).values(details=moved))
+    result = log.verify()
+    assert (result.first_bad_seq, result.problem) == (3, "entry 3 was changed (details)")
+    assert log.entries()[2].as_dict()["details"] == {
+        "error": "details changed: they do not decrypt"
+    }
+
+
+def test_rewrapping_under_a_new_key_keeps_the_chain_intact(db: Database) -> None:
+    keyring = Keyring(db, MASTER, CipherAlgorithm.SM4_GCM)
+    log = AuditLog(db, SECRET, keyring)
+    fill(log, 5)
+    keyring.rotate()
+    report = rewrap(db, keyring, batch_size=2)
+    assert report.rewrapped["audit_events.details"] == 5
+    with db.session() as session:
+        stored = session.scalars(select(AuditRow.details)).all()
+    assert all(value.startswith("ih1:2:") for value in stored)
+    assert log.verify().ok
+    assert [e.as_dict()["details"] for e in log.entries()] == [{"n": n} for n in range(5)]

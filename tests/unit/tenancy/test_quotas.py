@@ -22,6 +22,7 @@ from inhouse.tenancy.quotas import (
     parse_cpu,
 )
 from inhouse.tenancy.service import TenantService
+from tests.keyrings import keyring_for
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_model_count_limits_a_tenants_own_models(
 ) -> None:
     db, tenants, _ = stores
     tenant = tenants.create_tenant("acme")
-    registry = ModelRegistry(db)
+    registry = ModelRegistry(db, keyring_for(db))
     owner = TenantOwner(tenant.id, tenant.name, model_count=1)
     entry = registry.add_remote("acme-llm", "http://10.0.0.1:8000/v1", owner=owner)
     assert entry.tenant_id == tenant.id and not entry.visible_to("ten_other")
