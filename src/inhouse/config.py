@@ -138,6 +138,23 @@ class CryptoSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    """People's logins (console, admin API): password + TOTP, lockout, sessions."""
+
+    session_ttl_seconds: int = Field(
+        default=3600, ge=1, le=86_400, description="how long a login session lasts"
+    )
+    max_failed_logins: int = Field(
+        default=5, ge=1, le=100, description="failed logins in a row that lock an account"
+    )
+    lockout_seconds: int = Field(default=900, ge=1, description="how long a lock lasts")
+    admin_requires_mfa: bool = Field(
+        default=False,
+        description="changes through the admin API need a login session (password + TOTP), "
+        "not an API key; always on in compliance_mode",
+    )
+
+
 COMPLIANCE_MAX_ROTATION_DAYS = 7.0
 
 
@@ -173,6 +190,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     metering: MeteringSettings = MeteringSettings()
     crypto: CryptoSettings = CryptoSettings()
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
     def _refuse_weak_settings_in_compliance_mode(self) -> Settings:
@@ -194,6 +212,10 @@ class Settings(BaseSettings):
                 f"{MIN_SECRET_LENGTH} characters when environment is {self.environment.value}"
             )
         return self
+
+    @property
+    def admin_requires_mfa(self) -> bool:
+        return self.auth.admin_requires_mfa or self.compliance_mode
 
     @property
     def resolved_database_url(self) -> str:

@@ -100,8 +100,16 @@ OWN_LISTINGS = {
     ("GET", "/admin/tenants"),
     ("GET", "/admin/usage"),
     ("GET", "/admin/audit"),
+    ("GET", "/auth/session"),
 }
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/openapi.json")}
+# Acts on the credential the request carries, and on nothing else.
+OWN_CREDENTIAL = {("POST", "/auth/logout")}
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+    ("POST", "/auth/login"),
+}
 
 
 def gateway_routes(tmp_path: Path) -> set[tuple[str, str]]:
@@ -115,7 +123,7 @@ def gateway_routes(tmp_path: Path) -> set[tuple[str, str]]:
 
 
 def test_the_table_covers_every_route(tmp_path: Path) -> None:
-    covered = set(AIMED) | OWN_LISTINGS | PUBLIC
+    covered = set(AIMED) | OWN_LISTINGS | OWN_CREDENTIAL | PUBLIC
     assert gateway_routes(tmp_path) == covered, "add the new route to this test's tables"
 
 
@@ -159,6 +167,15 @@ def test_own_listings_never_show_the_foreign_tenant(world: World, role: str) -> 
             assert response.status_code in (200, 403), (role, path, response.text)
             for secret in ("b-llm", world.b_key_id, '"b"'):
                 assert secret not in response.text, (role, path)
+
+
+def test_logging_out_an_api_key_is_refused(world: World) -> None:
+    for method, path in OWN_CREDENTIAL:
+        response = httpx.request(
+            method, world.server.base_url + path, headers=_auth(world.a_keys["developer"])
+        )
+        assert response.status_code == 400, response.text
+        assert "API key, not a login session" in response.json()["error"]["message"]
 
 
 def test_the_foreign_tenant_is_untouched_and_its_owner_sees_it_all(world: World) -> None:

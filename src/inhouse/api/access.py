@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from inhouse.api.deps import authenticate
+from inhouse.api.deps import authenticate, services_of
 from inhouse.errors import ConfigurationError
 from inhouse.tenancy.models import Principal
-from inhouse.tenancy.permissions import Permission, authorize
+from inhouse.tenancy.permissions import Permission, authorize, authorize_without_mfa
 
 _PERMISSION_ATTRIBUTE = "inhouse_permission"
 
@@ -37,6 +37,8 @@ class Require:
     async def __call__(self, request: Request) -> Principal:
         principal = await authenticate(request)
         authorize(principal, self.permission)
+        if services_of(request).settings.admin_requires_mfa:
+            authorize_without_mfa(principal, self.permission)
         return principal
 
 

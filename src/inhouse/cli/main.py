@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import typer
 
 from inhouse import __version__
-from inhouse.cli import audit, crypto, keys, models, node, quotas, serve, tenants, usage
+from inhouse.cli import audit, crypto, keys, models, node, quotas, serve, tenants, usage, users
 from inhouse.cli.common import console
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.add_typer(quotas.app, name="quotas")
 app.command("usage")(usage.usage)
 app.add_typer(audit.app, name="audit")
 app.add_typer(crypto.app, name="crypto")
+app.add_typer(users.app, name="users")
 
 
 @app.command("version")

@@ -29,6 +29,7 @@ from inhouse.tenancy.quotas import LimitsCache, QuotaService
 from inhouse.tenancy.redis_limiter import RedisLimiter
 from inhouse.tenancy.service import TenantService
 from inhouse.tenancy.usage_journal import UsageJournal
+from inhouse.tenancy.users import UserService
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Control:
     quotas: QuotaService
     audit: AuditLog
     keyring: Keyring
+    users: UserService
     admin_key_written: Path | None = None
 
     def record(
@@ -69,7 +71,8 @@ def open_control(settings: Settings) -> Control:
     db = Database(settings.resolved_database_url)
     upgrade_to_head(db.engine)
     secret = resolve_secret_key(settings)
-    tenants = TenantService(db, ApiKeyHasher(secret))
+    hasher = ApiKeyHasher(secret)
+    tenants = TenantService(db, hasher)
     keyring = Keyring(db, load_master_key(settings), settings.crypto.algorithm)
     audit = AuditLog(db, secret, keyring)
     registry = ModelRegistry(db, keyring)
@@ -87,6 +90,7 @@ def open_control(settings: Settings) -> Control:
         quotas=QuotaService(db),
         audit=audit,
         keyring=keyring,
+        users=UserService(db, hasher, keyring, audit, settings.auth),
         admin_key_written=written,
     )
 
@@ -148,7 +152,7 @@ def build_services(settings: Settings) -> Services:
     return Services(
         control=control,
         authenticator=Authenticator(
-            control.tenants, ttl_seconds=settings.gateway.auth_cache_seconds
+            control.tenants, control.users, ttl_seconds=settings.gateway.auth_cache_seconds
         ),
         engines=engines,
         recorder=recorder,

@@ -56,6 +56,10 @@ def model_api_key_context(model_id: Any) -> str:
     return f"model:{model_id}:api_key"
 
 
+def user_totp_context(user_id: Any) -> str:
+    return f"user:{user_id}:totp"
+
+
 SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     SealedColumn(cast(Table, AuditRow.__table__), "seq", "details", audit_details_context),
     SealedColumn(cast(Table, ModelRow.__table__), "id", "api_key_sealed", model_api_key_context),

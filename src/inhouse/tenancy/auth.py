@@ -1,7 +1,9 @@
-"""Authentication on the request path: bearer key → principal, cached briefly.
+"""Authentication on the request path: bearer token → principal, cached briefly.
 
-The cache keeps a lookup for ``ttl`` seconds, so a revoked key stops working within
-that time on every replica without a database query per request.
+A token is an API key (``ih_…``, for programs) or a login session (``ihs_…``, for
+people, made by password + TOTP). The cache keeps a lookup for ``ttl`` seconds, so a
+revoked key or session stops working within that time on every replica without a
+database query per request; a session's expiry is checked on every request.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from collections.abc import Callable
 
 from inhouse.errors import AuthenticationError
 from inhouse.security.api_keys import looks_like_api_key
+from inhouse.store.tables import utcnow
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.service import TenantService
+from inhouse.tenancy.users import SESSION_PREFIX, UserService, looks_like_session_token
 
 _MAX_CACHED = 100_000
 
@@ -22,11 +26,13 @@ class Authenticator:
     def __init__(
         self,
         tenants: TenantService,
+        users: UserService,
         *,
         ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tenants = tenants
+        self._users = users
         self._ttl = ttl_seconds
         self._clock = clock
         self._cache: dict[str, tuple[Principal | None, float]] = {}
@@ -41,7 +47,19 @@ class Authenticator:
             principal = await self._look_up(token)
         if principal is None:
             raise AuthenticationError("Incorrect API key provided.")
+        if principal.expires_at is not None and principal.expires_at <= utcnow():
+            raise AuthenticationError("The login session has expired.", code="session_expired")
         return principal
+
+    def forget_session(self, principal: Principal) -> None:
+        """Drop a logged-out session from this replica's cache at once."""
+        stale = [
+            token
+            for token, (cached, _) in self._cache.items()
+            if cached is not None and cached.session_id == principal.session_id
+        ]
+        for token in stale:
+            self._cache.pop(token, None)
 
     async def _look_up(self, token: str) -> Principal | None:
         """One database lookup per token at a time, however many requests wait for it."""
@@ -51,7 +69,12 @@ class Authenticator:
         future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._lookups[token] = future
         try:
-            principal = await asyncio.to_thread(self._tenants.principal_for_plaintext, token)
+            look_up = (
+                self._users.principal_for_session
+                if token.startswith(SESSION_PREFIX)
+                else self._tenants.principal_for_plaintext
+            )
+            principal = await asyncio.to_thread(look_up, token)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
@@ -74,6 +97,6 @@ def _bearer_token(authorization: str | None) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("Malformed Authorization header: expected 'Bearer <key>'.")
-    if not looks_like_api_key(token):
+    if not (looks_like_api_key(token) or looks_like_session_token(token)):
         raise AuthenticationError("Incorrect API key provided.")
     return token

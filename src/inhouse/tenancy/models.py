@@ -49,3 +49,11 @@ class Principal:
     role: Role
     platform: bool = False
     """The platform tenant's principals act across tenants (as far as their role allows)."""
+    session_id: str | None = None
+    """Set for a person's login session (password + TOTP); None for an API key."""
+    expires_at: datetime | None = None
+    """When a login session ends."""
+
+    @property
+    def logged_in_with_mfa(self) -> bool:
+        return self.session_id is not None

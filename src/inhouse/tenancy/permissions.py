@@ -28,6 +28,8 @@ class Permission(StrEnum):
     USAGE_READ = "usage:read"
     AUDIT_READ = "audit:read"
     METRICS_READ = "metrics:read"
+    SESSION_OWN = "session:own"
+    """See who one is logged in as; log out."""
 
 
 _READ_ONLY = frozenset(
@@ -38,6 +40,7 @@ _READ_ONLY = frozenset(
         Permission.USAGE_READ,
         Permission.AUDIT_READ,
         Permission.METRICS_READ,
+        Permission.SESSION_OWN,
     }
 )
 
@@ -51,6 +54,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.KEYS_OWN,
             Permission.TENANTS_READ,
             Permission.QUOTAS_READ,
+            Permission.SESSION_OWN,
         }
     ),
     Role.AUDITOR: _READ_ONLY,
@@ -74,6 +78,20 @@ def authorize(principal: Principal, permission: Permission) -> None:
         raise PermissionDeniedError(
             f"the {principal.role.value} role does not allow {permission.value}",
             code="insufficient_permissions",
+        )
+
+
+# Changes that need a person's login (password + TOTP) when admin_requires_mfa is on.
+MFA_GUARDED = frozenset({Permission.TENANTS_MANAGE, Permission.QUOTAS_MANAGE, Permission.KEYS_OWN})
+
+
+def authorize_without_mfa(principal: Principal, permission: Permission) -> None:
+    """Raise 403 when an API key (no second factor) attempts an MFA-guarded change."""
+    if permission in MFA_GUARDED and not principal.logged_in_with_mfa:
+        raise PermissionDeniedError(
+            f"{permission.value} needs a login with password and one-time code "
+            "(POST /auth/login), not an API key",
+            code="mfa_required",
         )
 
 

@@ -25,7 +25,7 @@ def test_every_route_of_the_gateway_declares_a_permission(tmp_path: Path) -> Non
     assert len(routes) >= 15
     assert all(route.permission is not None for route in routes)
     public = {route.path for route in routes if route.permission is Permission.PUBLIC}
-    assert public == {"/healthz", "/readyz", "/openapi.json"}
+    assert public == {"/healthz", "/readyz", "/openapi.json", "/auth/login"}
 
 
 def test_a_route_without_a_declared_permission_stops_the_app(tmp_path: Path) -> None:

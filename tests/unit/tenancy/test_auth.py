@@ -4,13 +4,17 @@ import asyncio
 
 import pytest
 
+from inhouse.config import AuthSettings
 from inhouse.errors import AuthenticationError
 from inhouse.security.api_keys import ApiKeyHasher
+from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.tenancy.auth import Authenticator
 from inhouse.tenancy.models import Role
 from inhouse.tenancy.service import TenantService
+from inhouse.tenancy.users import UserService
+from tests.keyrings import keyring_for
 
 
 class ManualClock:
@@ -22,24 +26,41 @@ class ManualClock:
 
 
 @pytest.fixture
-def tenants(tmp_path) -> TenantService:  # type: ignore[no-untyped-def]
-    db = Database(f"sqlite:///{tmp_path / 'auth.db'}")
-    upgrade_to_head(db.engine)
+def db(tmp_path) -> Database:  # type: ignore[no-untyped-def]
+    database = Database(f"sqlite:///{tmp_path / 'auth.db'}")
+    upgrade_to_head(database.engine)
+    return database
+
+
+@pytest.fixture
+def tenants(db: Database) -> TenantService:
     service = TenantService(db, ApiKeyHasher(b"k"))
     service.create_tenant("lab")
     return service
 
 
-def test_missing_and_malformed_credentials_are_refused(tenants: TenantService) -> None:
-    auth = Authenticator(tenants, ttl_seconds=2)
+@pytest.fixture
+def users(db: Database) -> UserService:
+    keyring = keyring_for(db)
+    return UserService(
+        db, ApiKeyHasher(b"k"), keyring, AuditLog(db, b"s" * 32, keyring), AuthSettings()
+    )
+
+
+def test_missing_and_malformed_credentials_are_refused(
+    tenants: TenantService, users: UserService
+) -> None:
+    auth = Authenticator(tenants, users, ttl_seconds=2)
     for header in (None, "", "Basic abc", "Bearer ", "Bearer nope"):
         with pytest.raises(AuthenticationError):
             asyncio.run(auth.authenticate(header))
 
 
-def test_revocation_takes_effect_when_the_cache_entry_expires(tenants: TenantService) -> None:
+def test_revocation_takes_effect_when_the_cache_entry_expires(
+    tenants: TenantService, users: UserService
+) -> None:
     clock = ManualClock()
-    auth = Authenticator(tenants, ttl_seconds=2.0, clock=clock)
+    auth = Authenticator(tenants, users, ttl_seconds=2.0, clock=clock)
     info, plaintext = tenants.create_key("lab", Role.DEVELOPER)
 
     async def scenario() -> None:
