@@ -17,7 +17,7 @@ from rich.table import Table
 
 from inhouse.config import Settings, load_settings
 from inhouse.errors import InhouseError
-from inhouse.gateway.services import Control, open_control
+from inhouse.gateway.control import Control, open_control
 
 # Piped output is read by scripts: never wrap or fold it at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 1000)

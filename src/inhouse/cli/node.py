@@ -3,12 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-import uvicorn
 
 from inhouse.cli.common import configure_logging, control_plane, fail, settings_or_exit
 from inhouse.config import Precision
-from inhouse.engine.local import LocalEngine
-from inhouse.node.app import create_node_app
 from inhouse.registry.builtin import ensure_builtin_model
 from inhouse.registry.models import ModelKind
 
@@ -35,6 +32,12 @@ def node(
 
     def weights() -> Path:
         return path if path is not None else ensure_builtin_model(models_dir)
+
+    # Imported here: torch and the server load only for the command that needs them.
+    import uvicorn
+
+    from inhouse.engine.local import LocalEngine
+    from inhouse.node.app import create_node_app
 
     engine = LocalEngine(entry.name, weights, settings.engine, precision=dtype)
     app = create_node_app(settings, engine, settings.node_token.get_secret_value())

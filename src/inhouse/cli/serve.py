@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import typer
-import uvicorn
 
-from inhouse.api.app import create_app
 from inhouse.cli.common import configure_logging, control_plane, settings_or_exit
 
 
@@ -18,6 +16,11 @@ def serve(
     configure_logging(settings)
     with control_plane(settings):
         pass  # migrate and bootstrap before the server starts, and say so
+    # Imported here: torch and the server load only for the command that needs them.
+    import uvicorn
+
+    from inhouse.api.app import create_app
+
     uvicorn.run(
         create_app(settings),
         host=host or settings.server.host,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -11,9 +13,13 @@ MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 
 _hasher = PasswordHasher()
-# Verified when the username is unknown, so that a wrong name costs what a wrong password
-# costs and response times do not tell which names exist.
-_DECOY_HASH = _hasher.hash("inhouse decoy password, never anyone's")
+
+
+@cache
+def _decoy_hash() -> str:
+    """Verified when the username is unknown, so that a wrong name costs what a wrong
+    password costs and response times do not tell which names exist."""
+    return _hasher.hash("inhouse decoy password, never anyone's")
 
 
 def check_password_policy(password: str) -> None:
@@ -36,7 +42,7 @@ def hash_password(password: str) -> str:
 def verify_password(stored_hash: str | None, password: str) -> bool:
     """True if ``password`` matches; ``None`` (no such user) costs the same and is False."""
     try:
-        _hasher.verify(stored_hash or _DECOY_HASH, password[:MAX_PASSWORD_LENGTH])
+        _hasher.verify(stored_hash or _decoy_hash(), password[:MAX_PASSWORD_LENGTH])
     except (VerificationError, InvalidHashError):
         return False
     return stored_hash is not None
