@@ -155,7 +155,23 @@ class AuthSettings(BaseModel):
     )
 
 
+class AuditSettings(BaseModel):
+    retention_days: int = Field(
+        default=183,
+        ge=1,
+        description="entries older than this are pruned; the Cybersecurity Law asks for at "
+        "least six months of logs",
+    )
+    inference_events: bool = Field(
+        default=True,
+        description="chain one entry per inference request (metadata: who, model, tokens, "
+        "status; never prompts or answers)",
+    )
+    prune_check_seconds: float = Field(default=3600.0, gt=0.0)
+
+
 COMPLIANCE_MAX_ROTATION_DAYS = 7.0
+COMPLIANCE_MIN_RETENTION_DAYS = 180
 
 
 class Settings(BaseSettings):
@@ -191,6 +207,7 @@ class Settings(BaseSettings):
     metering: MeteringSettings = MeteringSettings()
     crypto: CryptoSettings = CryptoSettings()
     auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _refuse_weak_settings_in_compliance_mode(self) -> Settings:
@@ -198,6 +215,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"compliance_mode is on: crypto.rotation_days must be at most "
                 f"{COMPLIANCE_MAX_ROTATION_DAYS:g} (it is {self.crypto.rotation_days:g})"
+            )
+        if self.compliance_mode and self.audit.retention_days < COMPLIANCE_MIN_RETENTION_DAYS:
+            raise ValueError(
+                f"compliance_mode is on: audit.retention_days must be at least "
+                f"{COMPLIANCE_MIN_RETENTION_DAYS} (it is {self.audit.retention_days})"
             )
         return self
 

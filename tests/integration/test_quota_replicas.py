@@ -5,6 +5,7 @@ what the clients were told they used."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from tests.integration.server import InhouseProcess
 BUDGET = 20_000
 MAX_TOKENS = 500
 SECRET = "replicas-share-this-secret-key-0123456789"
+# Replicas on one database share its master key too (from a secret store, here the env).
+MASTER_KEY = base64.urlsafe_b64encode(b"replicas share this master key!!").decode()
 
 
 @pytest.fixture
@@ -29,6 +32,8 @@ def replicas(
         "INHOUSE_DATABASE_URL": postgres_url.replace("postgresql://", "postgresql+psycopg://"),
         "INHOUSE_REDIS_URL": redis_url,
         "INHOUSE_SECRET_KEY": SECRET,
+        "INHOUSE_CRYPTO__KEY_PROVIDER": "env",
+        "INHOUSE_MASTER_KEY": MASTER_KEY,
         "INHOUSE_GATEWAY__QUOTA_CACHE_SECONDS": "0.5",
     }
     first = InhouseProcess(tmp_path / "one", builtin_model=False, **shared)

@@ -49,3 +49,12 @@ def export(
         entries = control.audit.entries(tenant_id=tenant_id, since=start, until=end)
     for entry in entries:
         typer.echo(json.dumps(entry.as_dict(), ensure_ascii=False))
+
+
+@app.command("prune")
+def prune() -> None:
+    """Delete entries older than audit.retention_days now (the gateway does it hourly)."""
+    with control_plane() as control:
+        removed = control.prune_audit()
+        days = control.settings.audit.retention_days
+    console.print(f"{removed} entries older than {days} days removed", highlight=False)

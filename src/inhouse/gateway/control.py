@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from inhouse.security.keyring import Keyring
 from inhouse.security.secret_file import resolve_secret_key
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
+from inhouse.store.tables import utcnow
 from inhouse.tenancy.quotas import QuotaService
 from inhouse.tenancy.service import TenantService
 from inhouse.tenancy.users import UserService
@@ -53,6 +55,11 @@ class Control:
     ) -> None:
         """Append an admin action to the audit chain (metadata only, never secrets)."""
         self.audit.record(AuditEvent(actor, action, tenant_id, target, details=details))
+
+    def prune_audit(self) -> int:
+        """Apply the audit retention period now; returns how many entries went."""
+        days = self.settings.audit.retention_days
+        return self.audit.prune(utcnow() - timedelta(days=days))
 
     @property
     def key_rotation(self) -> KeyRotation:

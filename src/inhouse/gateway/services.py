@@ -73,7 +73,12 @@ def build_services(settings: Settings) -> Services:
     control = open_control(settings)
     engines = EnginePool(control.registry, settings)
     journal = UsageJournal(settings.usage_journal_dir, fsync=settings.metering.fsync)
-    recorder = UsageRecorder(control.db, settings.metering, journal)
+    recorder = UsageRecorder(
+        control.db,
+        settings.metering,
+        journal,
+        audit=control.audit if settings.audit.inference_events else None,
+    )
     metrics = GatewayMetrics()
     limits = LimitsCache(control.quotas, ttl_seconds=settings.gateway.quota_cache_seconds)
     admission = Admission(limits, build_limiter(settings), settings)
@@ -93,5 +98,6 @@ def build_services(settings: Settings) -> Services:
                 control.key_rotation.rotate_if_due,
                 settings.crypto.rotation_check_seconds,
             ),
+            Periodic("audit retention", control.prune_audit, settings.audit.prune_check_seconds),
         ),
     )

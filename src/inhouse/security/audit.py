@@ -13,6 +13,10 @@ Details are sealed at rest with the current data key (context ``audit:<seq>``); 
 hash covers their plain text, so rewrapping them under a newer key leaves the chain
 intact, while a sealed value that was changed no longer opens and is reported.
 
+Retention deletes the oldest entries (``prune``) after chaining an ``audit.prune`` entry
+that names the last deleted entry and its hash, so the shortened chain still verifies
+and a deletion at its start that no prune accounts for is found.
+
 What the chain cannot show on its own is the loss of its newest entries: compare the
 head (``AuditLog.head``) with one exported or recorded elsewhere for that.
 """
@@ -20,13 +24,13 @@ head (``AuditLog.head``) with one exported or recorded elsewhere for that.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, hmac
-from sqlalchemy import select
+from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from inhouse.security.envelope import DecryptionError, is_sealed
@@ -68,6 +72,9 @@ class AuditEntry:
     details: str
     prev_hash: str
     hash: str
+
+    def stored_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
     def as_dict(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.__slots__}
@@ -156,34 +163,47 @@ class AuditLog:
 
     def record(self, event: AuditEvent) -> AuditEntry:
         """Append one entry to the chain; returns it with its sequence number and hash."""
-        details = json.dumps(event.details, ensure_ascii=False, sort_keys=True, default=str)
         for _ in range(_APPEND_ATTEMPTS):
             try:
-                return self._append(event, details)
+                with self._db.engine.begin() as connection:
+                    return self.append_in(connection, [event])[0]
             except IntegrityError:
                 continue  # another writer took this sequence number: chain onto its entry
         raise RuntimeError("could not append to the audit chain: too much contention")
 
-    def _append(self, event: AuditEvent, details: str) -> AuditEntry:
-        with self._db.session() as session:
-            head = session.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()
-            row = AuditRow(
-                seq=1 if head is None else head.seq + 1,
-                created_at=datetime.now(UTC),
+    def append_in(self, connection: Connection, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+        """Append entries inside the caller's transaction: they land with its other writes
+        or not at all. Raises IntegrityError when another writer appended meanwhile; the
+        caller retries the whole transaction."""
+        head = connection.execute(
+            select(AuditRow.seq, AuditRow.hash).order_by(AuditRow.seq.desc()).limit(1)
+        ).first()
+        seq, prev_hash = (head[0], head[1]) if head is not None else (0, GENESIS)
+        now = datetime.now(UTC)
+        entries, rows = [], []
+        for event in events:
+            seq += 1
+            details = json.dumps(event.details, ensure_ascii=False, sort_keys=True, default=str)
+            entry = AuditEntry(
+                seq=seq,
+                created_at=now,
                 actor=event.actor[:128],
                 tenant_id=event.tenant_id,
                 action=event.action,
                 target=event.target[:256],
                 outcome=event.outcome,
                 details=details,
-                prev_hash=GENESIS if head is None else head.hash,
+                prev_hash=prev_hash,
                 hash="",
             )
-            row.hash = chain_hash(self._key, row.prev_hash, row)
-            row.details = self._keyring.encrypt(details, audit_details_context(row.seq))
-            session.add(row)
-            session.flush()
-            return _entry(row, details)
+            entry = replace(entry, hash=chain_hash(self._key, prev_hash, entry))
+            sealed = self._keyring.encrypt(details, audit_details_context(seq))
+            rows.append({**entry.stored_fields(), "details": sealed})
+            entries.append(entry)
+            prev_hash = entry.hash
+        if rows:
+            connection.execute(insert(AuditRow), rows)
+        return entries
 
     def head(self) -> AuditEntry | None:
         with self._db.session() as session:
@@ -211,6 +231,46 @@ class AuditLog:
         with self._db.session() as session:
             return [self._readable_entry(row) for row in session.scalars(query)]
 
+    def prune(self, before: datetime) -> int:
+        """Delete the entries older than ``before`` (retention), oldest first, and chain an
+        ``audit.prune`` entry naming the last one removed and its hash. Returns how many."""
+        with self._db.session() as session:
+            last = session.scalars(
+                select(AuditRow)
+                .where(AuditRow.created_at < before)
+                .order_by(AuditRow.seq.desc())
+                .limit(1)
+            ).first()
+            if last is None:
+                return 0
+            through, anchor = last.seq, last.hash
+        # The prune entry goes in first: if deleting fails, the chain still verifies.
+        self.record(
+            AuditEvent(
+                "system",
+                "audit.prune",
+                details={"through_seq": through, "last_hash": anchor, "before": before.isoformat()},
+            )
+        )
+        with self._db.session() as session:
+            result = session.execute(delete(AuditRow).where(AuditRow.seq <= through))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def _pruned_through(self, seq: int) -> str | None:
+        """The hash that the prune ending at entry ``seq`` recorded, if there is one."""
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(AuditRow).where(AuditRow.action == "audit.prune").order_by(AuditRow.seq)
+            ).all()
+        for row in reversed(rows):
+            try:
+                details = json.loads(self._open_details(row))
+            except (DecryptionError, ValueError):
+                continue
+            if details.get("through_seq") == seq:
+                return str(details.get("last_hash"))
+        return None
+
     def _all_rows(self, batch: int = 1000) -> Iterator[AuditRow]:
         last = 0
         while True:
@@ -225,8 +285,20 @@ class AuditLog:
             last = rows[-1].seq
 
     def verify(self) -> Verification:
-        """Walk the whole chain; name the first entry that was edited, deleted or moved."""
+        """Walk the whole chain; name the first entry that was edited, deleted or moved.
+
+        A chain whose oldest entries were removed by retention starts where an
+        ``audit.prune`` entry, itself in the chain, says it does, with the hash it names.
+        """
         expected_seq, prev_hash, checked = 1, GENESIS, 0
+        with self._db.session() as session:
+            first = session.scalars(select(AuditRow).order_by(AuditRow.seq).limit(1)).first()
+        if first is not None and first.seq != 1:
+            if self._pruned_through(first.seq - 1) != first.prev_hash:
+                return Verification(
+                    0, 1, f"entries 1 to {first.seq - 1} are missing and no prune accounts for them"
+                )
+            expected_seq, prev_hash = first.seq, first.prev_hash
         for row in self._all_rows():
             if row.seq != expected_seq:
                 return Verification(

@@ -6,8 +6,10 @@ goes out) and to a list; a background task writes batches to the database, and
 included). A failed write keeps its batch for the next try; whatever is not in the
 database when the process ends, by SIGKILL too, stays in the journal and the next
 start replays it. Writes are idempotent (one row per request id), so a replay never
-counts twice. A stream is recorded when it starts (status 0, in progress) and again
-when it ends; the final record replaces the first.
+counts twice. With an audit log, each finished request also gets its audit entry
+(metadata only) in the same transaction as its usage row. A stream is recorded when it
+starts (status 0, in progress) and again when it ends; the final record replaces the
+first.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from inhouse.config import MeteringSettings
+from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.store.db import Database
 from inhouse.store.tables import UsageRow
 from inhouse.tenancy.usage_journal import UsageJournal
@@ -50,13 +55,20 @@ IN_PROGRESS = 0
 """The status of a stream's first record: started, not yet finished."""
 
 _COLUMNS = tuple(field.name for field in fields(UsageEvent))
+_WRITE_ATTEMPTS = 20
 
 
 class UsageRecorder:
     def __init__(
-        self, db: Database, settings: MeteringSettings, journal: UsageJournal | None = None
+        self,
+        db: Database,
+        settings: MeteringSettings,
+        journal: UsageJournal | None = None,
+        *,
+        audit: AuditLog | None = None,
     ) -> None:
         self._db = db
+        self._audit = audit
         self._settings = settings
         self._journal = journal
         self._pending: list[UsageEvent] = []
@@ -110,7 +122,31 @@ class UsageRecorder:
             self._journal.discard_sealed(mark)
 
     def _write(self, batch: list[UsageEvent]) -> None:
-        rows = [{name: getattr(event, name) for name in _COLUMNS} for event in _latest(batch)]
+        events = _latest(batch)
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                with self._db.engine.begin() as connection:
+                    self._write_in(connection, events)
+                return
+            except IntegrityError:
+                # Another replica appended to the audit chain at the same moment.
+                if attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+
+    def _write_in(self, connection: Connection, events: list[UsageEvent]) -> None:
+        """Usage rows and, for requests that just finished, their audit entries: one
+        transaction, so a replayed journal neither loses nor doubles either."""
+        finished_before: set[str] = set()
+        if self._audit is not None:
+            finished_before = set(
+                connection.scalars(
+                    select(UsageRow.request_id).where(
+                        UsageRow.request_id.in_([e.request_id for e in events]),
+                        UsageRow.status_code != IN_PROGRESS,
+                    )
+                )
+            )
+        rows = [{name: getattr(event, name) for name in _COLUMNS} for event in events]
         dialect = postgresql if self._db.engine.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(UsageRow)
         statement = insert.on_conflict_do_update(
@@ -118,8 +154,16 @@ class UsageRecorder:
             set_={name: insert.excluded[name] for name in _COLUMNS if name != "request_id"},
             where=UsageRow.status_code == IN_PROGRESS,
         )
-        with self._db.engine.begin() as connection:
-            connection.execute(statement, rows)
+        connection.execute(statement, rows)
+        if self._audit is not None:
+            self._audit.append_in(
+                connection,
+                [
+                    _audit_event(event)
+                    for event in events
+                    if event.status_code != IN_PROGRESS and event.request_id not in finished_before
+                ],
+            )
 
     async def close(self) -> None:
         self._closing = True
@@ -136,6 +180,28 @@ class UsageRecorder:
         if self._journal is not None:
             self._journal.close(written=not self._pending)
         self._pending = []
+
+
+def _audit_event(event: UsageEvent) -> AuditEvent:
+    """What the audit chain keeps of an inference: metadata, never its content."""
+    return AuditEvent(
+        actor=event.key_id,
+        action="inference",
+        tenant_id=event.tenant_id,
+        target=event.model,
+        outcome="ok" if event.status_code < 400 else "error",
+        details={
+            "request_id": event.request_id,
+            "endpoint": event.endpoint,
+            "status": event.status_code,
+            "stream": event.stream,
+            "prompt_tokens": event.prompt_tokens,
+            "completion_tokens": event.completion_tokens,
+            "latency_ms": round(event.latency_ms, 1),
+            "model_version": event.model_version,
+            "node": event.node,
+        },
+    )
 
 
 def _latest(batch: list[UsageEvent]) -> list[UsageEvent]:

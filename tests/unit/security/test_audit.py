@@ -3,7 +3,9 @@ of tampering found and located."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import delete, select, update
@@ -122,3 +124,28 @@ def test_rewrapping_under_a_new_key_keeps_the_chain_intact(db: Database) -> None
     assert all(value.startswith("ih1:2:") for value in stored)
     assert log.verify().ok
     assert [e.as_dict()["details"] for e in log.entries()] == [{"n": n} for n in range(5)]
+
+
+def test_retention_prunes_the_oldest_entries_and_the_rest_still_verifies(db: Database) -> None:
+    log = audit_log(db)
+    fill(log, 5)
+    cutoff = datetime.now(UTC)
+    time.sleep(0.01)
+    fill(log, 3)
+    assert log.prune(cutoff) == 5
+    assert [e.seq for e in log.entries()] == [6, 7, 8, 9]
+    assert log.entries()[-1].action == "audit.prune"
+    assert log.verify().ok and log.verify().checked == 4
+    assert log.prune(cutoff) == 0
+
+
+def test_deleting_the_oldest_entries_without_a_prune_is_found(db: Database) -> None:
+    log = audit_log(db)
+    fill(log, 5)
+    with db.session() as session:
+        session.execute(delete(AuditRow).where(AuditRow.seq <= 2))
+    result = log.verify()
+    assert (result.first_bad_seq, result.problem) == (
+        1,
+        "entries 1 to 2 are missing and no prune accounts for them",
+    )

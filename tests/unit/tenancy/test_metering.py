@@ -11,11 +11,13 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from inhouse.config import MeteringSettings
+from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.store.tables import UsageRow
 from inhouse.tenancy.metering import IN_PROGRESS, UsageEvent, UsageRecorder
 from inhouse.tenancy.usage_journal import UsageJournal
+from tests.keyrings import keyring_for
 
 
 def event(n: int) -> UsageEvent:
@@ -112,10 +114,13 @@ _KILLED_WRITER = """
 import asyncio, os, signal, sys
 from datetime import UTC, datetime
 from inhouse.config import MeteringSettings
+from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database
 from inhouse.tenancy.metering import IN_PROGRESS, UsageEvent, UsageRecorder
 from inhouse.tenancy.usage_journal import UsageJournal
+from tests.keyrings import keyring_for
 from inhouse.tenancy.usage_journal import UsageJournal
+from tests.keyrings import keyring_for
 
 async def main() -> None:
     db = Database(sys.argv[1])
@@ -198,3 +203,37 @@ def test_a_streams_final_record_replaces_its_in_progress_one(database_url: str) 
     assert count(db) == (1, 7)
     with db.session() as session:
         assert session.scalar(select(UsageRow.status_code)) == 200
+
+
+def test_each_finished_request_gets_one_audit_entry_with_its_usage(database_url: str) -> None:
+    db = Database(database_url)
+    upgrade_to_head(db.engine)
+    audit = AuditLog(db, b"s" * 32, keyring_for(db))
+    recorder = UsageRecorder(db, MeteringSettings(flush_interval_seconds=60), audit=audit)
+    started = replace(event(7), status_code=IN_PROGRESS, completion_tokens=0, stream=True)
+
+    async def scenario() -> None:
+        recorder.record(started)
+        recorder.record(event(1))
+        await recorder.flush()  # the stream is still running: only request 1 is audited
+        recorder.record(replace(event(7), stream=True))
+        recorder.record(replace(event(2), status_code=429))
+        await recorder.flush()
+        for replayed in (event(1), replace(event(7), stream=True), started):
+            recorder.record(replayed)  # a journal replayed after a crash
+        await recorder.flush()
+
+    asyncio.run(scenario())
+    entries = [e.as_dict() for e in audit.entries()]
+    assert [(e["action"], e["target"], e["outcome"]) for e in entries] == [
+        ("inference", "m", "ok"),
+        ("inference", "m", "ok"),
+        ("inference", "m", "error"),
+    ]
+    assert [e["details"]["request_id"] for e in entries] == ["req-1", "req-7", "req-2"]
+    assert entries[1]["details"]["completion_tokens"] == 7
+    assert set(entries[0]["details"]) == {
+        "request_id", "endpoint", "status", "stream", "prompt_tokens",
+        "completion_tokens", "latency_ms", "model_version", "node",
+    }  # fmt: skip
+    assert audit.verify().ok

@@ -103,7 +103,7 @@ def test_failures_in_a_row_lock_the_account_even_for_the_right_credentials(
 ) -> None:
     for n in range(3):
         with pytest.raises(AuthenticationError):
-            users.login("alice", "guess number %d!" % n, code(alice, T0), now=T0)
+            users.login("alice", f"guess number {n}!", code(alice, T0), now=T0)
     right_time = T0 + timedelta(seconds=60)
     with pytest.raises(RateLimitError) as raised:
         users.login("alice", PASSWORD, code(alice, right_time), now=right_time)
