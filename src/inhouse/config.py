@@ -88,6 +88,19 @@ class GatewaySettings(BaseModel):
     upstream_connect_timeout_seconds: float = Field(default=10.0, gt=0.0)
     upstream_read_timeout_seconds: float = Field(default=300.0, gt=0.0)
     upstream_pool_size: int = Field(default=512, ge=1)
+    upstream_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that https upstreams (nodes) are verified with; default: "
+        "the system's",
+    )
+    upstream_client_cert_file: Path | None = Field(
+        default=None,
+        description="certificate (PEM, chain first) the gateway presents to https upstreams: "
+        "mutual TLS with nodes",
+    )
+    upstream_client_key_file: Path | None = Field(
+        default=None, description="the private key of upstream_client_cert_file"
+    )
     quota_cache_seconds: float = Field(
         default=2.0, ge=0.0, description="how long a tenant's quotas are cached per replica"
     )

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -54,10 +55,15 @@ class InhouseProcess:
         return result
 
     def start(
-        self, timeout: float = 180.0, *command: str, require_ready: bool = True
+        self,
+        timeout: float = 180.0,
+        *command: str,
+        require_ready: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> InhouseProcess:
         """Start ``inhouse serve`` (or the given command, e.g. ``node --model M``) and wait
-        until /readyz answers 200 (or, without ``require_ready``, answers at all)."""
+        until /readyz answers 200 (or, without ``require_ready``, answers at all); ``tls``
+        verifies (and authenticates) the probe of an HTTPS server."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -79,7 +85,9 @@ class InhouseProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"inhouse serve exited: {self.log_path.read_text()[-3000:]}")
             try:
-                status = httpx.get(f"{self.base_url}/readyz", timeout=2).status_code
+                status = httpx.get(
+                    f"{self.base_url}/readyz", timeout=2, verify=tls or True
+                ).status_code
                 if status == 200 or not require_ready:
                     return self
             except httpx.HTTPError:

@@ -8,6 +8,7 @@ upstream. One pooled aiohttp session serves all upstreams.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +17,13 @@ import orjson
 from yarl import URL
 
 from inhouse.config import GatewaySettings
-from inhouse.errors import InhouseError, RateLimitError, UpstreamError, UpstreamRejectedError
+from inhouse.errors import (
+    ConfigurationError,
+    InhouseError,
+    RateLimitError,
+    UpstreamError,
+    UpstreamRejectedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +32,33 @@ _SSE_DATA = b"data:"
 _RELAYED_STATUSES = frozenset({400, 404, 413, 422, 429})
 
 
+def upstream_tls(settings: GatewaySettings) -> ssl.SSLContext | bool:
+    """Verification (and, with a client certificate, mutual TLS) for https upstreams."""
+    if settings.upstream_ca_file is None and settings.upstream_client_cert_file is None:
+        return True  # aiohttp's default: verify against the system's CAs
+    context = ssl.create_default_context(
+        cafile=str(settings.upstream_ca_file) if settings.upstream_ca_file else None
+    )
+    if settings.upstream_client_cert_file is not None:
+        key = settings.upstream_client_key_file
+        try:
+            context.load_cert_chain(
+                str(settings.upstream_client_cert_file), str(key) if key else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"cannot load the upstream client certificate "
+                f"{settings.upstream_client_cert_file}: {exc}"
+            ) from None
+    return context
+
+
 def create_session(settings: GatewaySettings) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
-        limit=settings.upstream_pool_size, ttl_dns_cache=300, enable_cleanup_closed=True
+        limit=settings.upstream_pool_size,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=True,
+        ssl=upstream_tls(settings),
     )
     timeout = aiohttp.ClientTimeout(
         total=None,
