@@ -148,6 +148,9 @@ def test_every_route_refuses_missing_bad_revoked_and_expired_credentials(
             response = _request(gateway, method, path, headers)
             assert response.status_code == 401, (method, path, label, response.text)
             assert response.json()["error"]["type"] == "authentication_error"
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["x-frame-options"] == "DENY"
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     for method, path in sorted(PUBLIC):
         if path != "/auth/login":
             assert _request(gateway, method, path, {}).status_code == 200, path

@@ -13,6 +13,7 @@ from inhouse.api import admin_routes, auth_routes, health_routes, openai_routes
 from inhouse.api.access import check_every_route_declares_a_permission, declare_public
 from inhouse.api.errors import install_error_handlers
 from inhouse.api.openapi import document_inference_routes
+from inhouse.api.security_headers import SecurityHeaders
 from inhouse.config import Settings
 from inhouse.gateway.services import build_services
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = new_fastapi("inhouse", lifespan)
     install_error_handlers(app)
+    app.add_middleware(SecurityHeaders)
     app.include_router(health_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
