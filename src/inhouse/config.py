@@ -37,6 +37,9 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="all request header lines together; 431 above"
+    )
 
 
 class Precision(StrEnum):

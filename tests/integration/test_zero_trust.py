@@ -154,3 +154,11 @@ def test_every_route_refuses_missing_bad_revoked_and_expired_credentials(
     for method, path in sorted(PUBLIC):
         if path != "/auth/login":
             assert _request(gateway, method, path, {}).status_code == 200, path
+
+
+def test_oversized_headers_are_refused_before_any_route(gateway: Gateway) -> None:
+    response = gateway.http.get("/healthz", headers={"X-Padding": "a" * 40_000})
+    assert response.status_code == 431
+    assert response.json()["error"]["code"] == "request_headers_too_large"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert gateway.http.get("/healthz", headers={"X-Padding": "a" * 8_000}).status_code == 200

@@ -12,6 +12,7 @@ from inhouse import __version__
 from inhouse.api import admin_routes, auth_routes, health_routes, openai_routes
 from inhouse.api.access import check_every_route_declares_a_permission, declare_public
 from inhouse.api.errors import install_error_handlers
+from inhouse.api.header_limit import HeaderLimit
 from inhouse.api.openapi import document_inference_routes
 from inhouse.api.security_headers import SecurityHeaders
 from inhouse.config import Settings
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = new_fastapi("inhouse", lifespan)
     install_error_handlers(app)
+    app.add_middleware(HeaderLimit, max_bytes=settings.server.max_header_bytes)
     app.add_middleware(SecurityHeaders)
     app.include_router(health_routes.router)
     app.include_router(openai_routes.router)
