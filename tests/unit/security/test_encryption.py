@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,14 @@ from sqlalchemy import select, update
 
 from inhouse.config import CipherAlgorithm, Settings
 from inhouse.errors import ConfigurationError
+from inhouse.security import key_provider as key_provider_module
 from inhouse.security.envelope import DecryptionError, Header, open_sealed, seal
 from inhouse.security.key_provider import (
+    ENTRY_POINT_GROUP,
     EnvironmentKeyProvider,
     FileKeyProvider,
     MasterKey,
+    load_master_key,
     new_master_key_text,
 )
 from inhouse.security.keyring import Keyring
@@ -217,3 +221,21 @@ def test_ten_thousand_records_survive_rotation_and_a_resumed_rewrap_beside_a_wri
     }
     assert _opened(db, keyring) == expected
     assert elapsed < 120, f"rewrapping 7,000 records took {elapsed:.1f} s"
+
+
+def test_a_plug_in_provider_is_found_by_its_entry_point_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "kms-key.hex").write_text("ab" * 32)
+    plugin = EntryPoint(
+        name="hex-kms", value="tests.unit.security.kms_plugin:provider", group=ENTRY_POINT_GROUP
+    )
+    monkeypatch.setattr(
+        key_provider_module,
+        "entry_points",
+        lambda group, name: [plugin] if (group, name) == (ENTRY_POINT_GROUP, "hex-kms") else [],
+    )
+    settings = Settings(data_dir=tmp_path, crypto={"key_provider": "hex-kms"})
+    assert load_master_key(settings).material == bytes.fromhex("ab" * 32)
+    with pytest.raises(ConfigurationError, match=r"unknown crypto\.key_provider 'vault'"):
+        load_master_key(Settings(data_dir=tmp_path, crypto={"key_provider": "vault"}))
