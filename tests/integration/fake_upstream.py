@@ -56,6 +56,7 @@ class FakeUpstream:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)  # answered in its own shape
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -83,22 +84,30 @@ class FakeUpstream:
             "total_tokens": 11 + completion,
         }
         base = {"id": "up-1", "created": int(time.time()), "model": body["model"]}
+        chat = request.path.endswith("/chat/completions")
         if not body.get("stream"):
-            message = {"role": "assistant", "content": self.reply_text}
-            choice = {"index": 0, "message": message, "finish_reason": "stop"}
-            payload = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
-            return web.json_response(payload)
+            if chat:
+                message = {"role": "assistant", "content": self.reply_text}
+                choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            else:
+                choice = {"index": 0, "text": self.reply_text, "finish_reason": "stop"}
+            kind = "chat.completion" if chat else "text_completion"
+            return web.json_response({**base, "object": kind, "choices": [choice], "usage": usage})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        kind = "chat.completion.chunk" if chat else "text_completion"
         for word in self.reply_text.split(" "):
-            delta = {"index": 0, "delta": {"content": word + " "}, "finish_reason": None}
-            chunk = {**base, "object": "chat.completion.chunk", "choices": [delta]}
+            if chat:
+                delta = {"index": 0, "delta": {"content": word + " "}, "finish_reason": None}
+            else:
+                delta = {"index": 0, "text": word + " ", "finish_reason": None}
+            chunk = {**base, "object": kind, "choices": [delta]}
             await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             if self.break_stream:
                 request.transport.close()  # type: ignore[union-attr]
                 return response
         if (body.get("stream_options") or {}).get("include_usage"):
-            last = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            last = {**base, "object": kind, "choices": [], "usage": usage}
             await response.write(b"data: " + orjson.dumps(last) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         return response

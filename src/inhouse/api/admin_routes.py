@@ -24,6 +24,7 @@ from inhouse.api.admin_schemas import (
     QuotaPatch,
     TenantCreate,
     TenantOut,
+    Text,
     UsageReport,
     UsageRowOut,
 )
@@ -71,13 +72,13 @@ def create_tenant(
 
 
 @router.get("/tenants/{tenant}", response_model=TenantOut)
-def get_tenant(tenant: str, services: ServicesDep, principal: TenantsReader) -> TenantOut:
+def get_tenant(tenant: Text, services: ServicesDep, principal: TenantsReader) -> TenantOut:
     scope_tenant(principal, tenant)
     return TenantOut.of(services.control.tenants.get_tenant(tenant))
 
 
 @router.get("/tenants/{tenant}/keys", response_model=list[KeyOut])
-def list_keys(tenant: str, services: ServicesDep, principal: KeyOwner) -> list[KeyOut]:
+def list_keys(tenant: Text, services: ServicesDep, principal: KeyOwner) -> list[KeyOut]:
     scope_tenant(principal, tenant, changes=True)
     owner = None if manages_all_keys(principal) else principal.key_id
     return [KeyOut.of(k) for k in services.control.tenants.list_keys(tenant, owner=owner)]
@@ -85,7 +86,7 @@ def list_keys(tenant: str, services: ServicesDep, principal: KeyOwner) -> list[K
 
 @router.post("/tenants/{tenant}/keys", response_model=KeyCreated, status_code=201)
 def create_key(
-    tenant: str, body: KeyCreate, services: ServicesDep, principal: KeyOwner
+    tenant: Text, body: KeyCreate, services: ServicesDep, principal: KeyOwner
 ) -> KeyCreated:
     scope_tenant(principal, tenant, changes=True)
     authorize_key_role(principal, body.role)
@@ -105,7 +106,7 @@ def create_key(
 
 
 @router.delete("/tenants/{tenant}/keys/{key_id}", response_model=KeyOut)
-def revoke_key(tenant: str, key_id: str, services: ServicesDep, principal: KeyOwner) -> KeyOut:
+def revoke_key(tenant: Text, key_id: Text, services: ServicesDep, principal: KeyOwner) -> KeyOut:
     scope_tenant(principal, tenant, changes=True)
     owner = None if manages_all_keys(principal) else principal.key_id
     info = services.control.tenants.revoke_key(key_id, tenant_name=tenant, owner=owner)
@@ -117,10 +118,10 @@ def revoke_key(tenant: str, key_id: str, services: ServicesDep, principal: KeyOw
 
 @router.get("/tenants/{tenant}/quotas", response_model=QuotaOut)
 def get_quotas(
-    tenant: str,
+    tenant: Text,
     services: ServicesDep,
     principal: QuotasReader,
-    key: Annotated[str | None, Query(description="a key id: that key's own quota")] = None,
+    key: Annotated[Text | None, Query(description="a key id: that key's own quota")] = None,
 ) -> QuotaOut:
     scope_tenant(principal, tenant)
     return QuotaOut.of(tenant, key, services.control.quotas.get(tenant, key))
@@ -128,11 +129,11 @@ def get_quotas(
 
 @router.patch("/tenants/{tenant}/quotas", response_model=QuotaOut)
 def update_quotas(
-    tenant: str,
+    tenant: Text,
     body: QuotaPatch,
     services: ServicesDep,
     principal: QuotasManager,
-    key: Annotated[str | None, Query(description="a key id: set that key's own quota")] = None,
+    key: Annotated[Text | None, Query(description="a key id: set that key's own quota")] = None,
 ) -> QuotaOut:
     scope_tenant(principal, tenant)
     changes = parse_changes(body.model_dump(exclude_unset=True))
@@ -155,8 +156,8 @@ def update_quotas(
 def usage(
     services: ServicesDep,
     principal: UsageReader,
-    tenant: Annotated[str | None, Query(description="default: the caller's tenant")] = None,
-    key: Annotated[str | None, Query(description="only this key id")] = None,
+    tenant: Annotated[Text | None, Query(description="default: the caller's tenant")] = None,
+    key: Annotated[Text | None, Query(description="only this key id")] = None,
     by: Annotated[list[Grouping] | None, Query(description="day, model, key, tenant")] = None,
     since: Annotated[date | None, Query(description="first day, UTC, inclusive")] = None,
     until: Annotated[date | None, Query(description="last day, UTC, inclusive")] = None,
@@ -182,7 +183,7 @@ def usage(
 def audit(
     services: ServicesDep,
     principal: AuditReader,
-    tenant: Annotated[str | None, Query(description="default: the caller's tenant")] = None,
+    tenant: Annotated[Text | None, Query(description="default: the caller's tenant")] = None,
     since: Annotated[datetime | None, Query(description="from this moment, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="to this moment, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from inhouse.tenancy.models import ApiKeyInfo, Role, Tenant
 from inhouse.tenancy.quotas import PriorityClass, Quota
@@ -13,11 +13,31 @@ from inhouse.tenancy.quotas import PriorityClass, Quota
 NonNegative = Annotated[int, Field(ge=0)]
 
 
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refused on every database alike, as a bad request.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+"""A string the API stores or looks up: names, and ids in paths and queries."""
+
+
+def _in_utc(value: datetime) -> datetime:
+    # The store writes UTC; SQLite gives it back without the zone.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
+"""A moment, always with its zone (RFC 3339, as the document says)."""
+
+
 class TenantOut(BaseModel):
     id: str
     name: str
     is_platform: bool
-    created_at: datetime
+    created_at: Timestamp
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantOut:
@@ -31,7 +51,7 @@ class TenantOut(BaseModel):
 
 class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: Text
 
 
 class KeyOut(BaseModel):
@@ -40,8 +60,8 @@ class KeyOut(BaseModel):
     role: Role
     name: str
     prefix: str
-    created_at: datetime
-    revoked_at: datetime | None
+    created_at: Timestamp
+    revoked_at: Timestamp | None
     created_by: str | None
 
     @classmethod
@@ -61,7 +81,7 @@ class KeyOut(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role = Role.DEVELOPER
-    name: str = Field(default="", max_length=128)
+    name: Annotated[Text, Field(max_length=128)] = ""
 
 
 class KeyCreated(KeyOut):

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from inhouse.api.body import is_type_tag
 from inhouse.errors import InhouseError, RateLimitError
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,17 @@ def _http_error(_request: Request, exc: Exception) -> Response:
     )
 
 
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+"""Where FastAPI found a parameter, first in an error's location: not part of the name."""
+
+
 def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+    parts = [str(part) for part in first.get("loc", ())]
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    location = [part for part in parts if not is_type_tag(part)]
     return error_response(
         400,
         f"{'.'.join(location) or 'request'}: {first.get('msg', 'invalid')}",

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_STOP_SEQUENCES = 4
+MAX_TOKENS_LIMIT = 2**31 - 1
+"""The largest max_tokens accepted: what a usage row holds."""
 
 
 class TextPart(BaseModel):
@@ -36,7 +38,8 @@ class StreamOptions(BaseModel):
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-MaxTokens = Annotated[int, Field(ge=1)]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
@@ -49,7 +52,7 @@ class _GenerationFields(BaseModel):
     top_p: TopP | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1
     stop: Stop | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -79,7 +79,7 @@ def usage_report(db: Database, query: UsageQuery) -> list[UsageLine]:
         statement = statement.where(UsageRow.key_id == query.key_id)
     if query.since is not None:
         statement = statement.where(UsageRow.created_at >= _midnight(query.since))
-    if query.until is not None:
+    if query.until is not None and query.until < date.max:  # date.max: no end
         statement = statement.where(
             UsageRow.created_at < _midnight(query.until + timedelta(days=1))
         )
