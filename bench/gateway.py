@@ -10,7 +10,9 @@ HTTP/1.1 server with keep-alive) and sends the same closed-loop load to
   on first use into ``bench/.venv-litellm``;
 - ``quotas``: ``inhouse`` with every quota of the tenant set (tokens per day and month, RPM,
   TPM, concurrency; none reached), counted in-process;
-- ``redis``: the same quotas counted in Redis (``--redis-url``), as gateway replicas share them.
+- ``redis``: the same quotas counted in Redis (``--redis-url``), as gateway replicas share them;
+- ``noaudit``: ``inhouse`` without the per-request audit entry (hash-chained, details sealed
+  with SM4-GCM), to show what that entry costs; ``aes``: the entry sealed with AES-256-GCM.
 
 For each target, mode (``json``: non-streaming, ``stream``: SSE with a usage chunk) and
 concurrency (1, 16, 64 by default), a separate load-generator process (aiohttp, one keep-alive
@@ -28,6 +30,7 @@ Run it with the project's virtual environment (``make bench-gateway`` does the f
     .venv/bin/python bench/gateway.py --quick              # 1.5 s per cell
     .venv/bin/python bench/gateway.py --targets direct,inhouse --concurrency 1,64 --json out.json
     .venv/bin/python bench/gateway.py --targets direct,inhouse,quotas,redis   # cost of quotas
+    .venv/bin/python bench/gateway.py --targets direct,inhouse,noaudit,aes    # cost of the audit
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ from _gateway.procs import Children, supervised, tail
 HERE = Path(__file__).resolve().parent
 UPSTREAM = HERE / "_gateway" / "upstream.py"
 LOADGEN = HERE / "_gateway" / "loadgen.py"
-ALL_TARGETS = ("direct", "inhouse", "litellm", "quotas", "redis")
+ALL_TARGETS = ("direct", "inhouse", "litellm", "quotas", "redis", "noaudit", "aes")
+SETTINGS_TARGETS = {
+    "noaudit": {"INHOUSE_AUDIT__INFERENCE_EVENTS": "false"},
+    "aes": {"INHOUSE_CRYPTO__ALGORITHM": "aes-256-gcm"},
+}
 DEFAULT_TARGETS = ("direct", "inhouse", "litellm")
 MODES = ("json", "stream")
 TIMES = "\u00d7"
@@ -154,6 +161,10 @@ def start_target(
         target = tg.start_inhouse(
             upstream, workdir, children, name=name, quotas=True, redis_url=redis_url
         )
+    elif name in SETTINGS_TARGETS:
+        target = tg.start_inhouse(
+            upstream, workdir, children, name=name, settings=SETTINGS_TARGETS[name]
+        )
     else:
         target = tg.start_litellm(upstream, workdir, children)
     tg.smoke_test(target)
@@ -213,7 +224,7 @@ def add_comparisons(rows: list[Row]) -> None:
         if row["target"] == "inhouse" and lite and lite.get("rps"):
             row["inhouse_vs_litellm_rps"] = round(row["rps"] / lite["rps"], 3)
         plain = cells.get(("inhouse", *key))
-        if row["target"] in ("quotas", "redis") and plain and plain.get("rps"):
+        if row["target"] in ("quotas", "redis", *SETTINGS_TARGETS) and plain and plain.get("rps"):
             row["vs_inhouse_rps"] = round(row["rps"] / plain["rps"], 3)
 
 
@@ -227,7 +238,7 @@ def summary_lines(rows: list[Row], args: argparse.Namespace) -> list[str]:
         f"inhouse/litellm throughput at c={c_hi} (json): {_fmt(ratio, 2)}{TIMES}",
     ]
     plain = cells.get(("inhouse", "json", 1), {}).get("p50_ms")
-    for name in ("quotas", "redis"):
+    for name in ("quotas", "redis", *SETTINGS_TARGETS):
         p50 = cells.get((name, "json", 1), {}).get("p50_ms")
         share = cells.get((name, "json", c_hi), {}).get("vs_inhouse_rps")
         if p50 is not None and plain is not None:
@@ -318,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     title = f"gateway benchmark: {args.seconds:g} s per cell, warm-up {args.warmup:g} s"
     print()
     print_table(rows, skipped, title)
-    print(f"ratio: inhouse rows, req/s {TIMES} LiteLLM's; quotas and redis rows, {TIMES} inhouse's")
+    print(
+        f"ratio: inhouse rows, req/s {TIMES} LiteLLM's; "
+        f"quotas, redis, noaudit and aes rows, {TIMES} inhouse's"
+    )
     for name, why in skipped.items():
         print(f"{name} skipped: {why.splitlines()[0][:200]}")
     for line in summary_lines(rows, args):

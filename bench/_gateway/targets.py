@@ -115,9 +115,11 @@ def start_inhouse(
     name: str = "inhouse",
     quotas: bool = False,
     redis_url: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Target:
     """``inhouse serve`` in front of the upstream; with ``quotas``, every limit is set for
-    the bench tenant (counted in-process, or in Redis when ``redis_url`` is given)."""
+    the bench tenant (counted in-process, or in Redis when ``redis_url`` is given);
+    ``settings`` are extra ``INHOUSE_*`` variables."""
     python = _inhouse_python()
     data_dir = workdir / f"{name}-data"
     data_dir.mkdir()
@@ -130,6 +132,7 @@ def start_inhouse(
     }
     if redis_url is not None:
         env["INHOUSE_REDIS_URL"] = redis_url
+    env.update(settings or {})
     _inhouse_cli(python, ["tenants", "create", "bench"], env, workdir)
     if quotas:
         _inhouse_cli(python, ["quotas", "set", "bench", *BENCH_QUOTAS], env, workdir)

@@ -164,6 +164,9 @@ class AuthSettings(BaseModel):
         default=5, ge=1, le=100, description="failed logins in a row that lock an account"
     )
     lockout_seconds: int = Field(default=900, ge=1, description="how long a lock lasts")
+    login_attempts_per_minute: int = Field(
+        default=20, ge=1, description="per client address and gateway replica; 429 above"
+    )
     admin_requires_mfa: bool = Field(
         default=False,
         description="changes through the admin API need a login session (password + TOTP), "

@@ -28,6 +28,16 @@ from inhouse.tenancy.permissions import Permission, authorize, authorize_without
 _PERMISSION_ATTRIBUTE = "inhouse_permission"
 
 
+async def caller_allowed(request: Request, permission: Permission) -> Principal:
+    """The one access check of every protected route: authenticate, authorise, and,
+    where admin changes need a login, refuse API keys for them."""
+    principal = await authenticate(request)
+    authorize(principal, permission)
+    if services_of(request).settings.admin_requires_mfa:
+        authorize_without_mfa(principal, permission)
+    return principal
+
+
 class Require:
     """A FastAPI dependency: the caller, authenticated and allowed ``permission``."""
 
@@ -35,11 +45,7 @@ class Require:
         self.permission = permission
 
     async def __call__(self, request: Request) -> Principal:
-        principal = await authenticate(request)
-        authorize(principal, self.permission)
-        if services_of(request).settings.admin_requires_mfa:
-            authorize_without_mfa(principal, self.permission)
-        return principal
+        return await caller_allowed(request, self.permission)
 
 
 class Public:
@@ -59,9 +65,7 @@ def protected(permission: Permission) -> Callable[[PrincipalEndpoint], Callable[
 
     def wrap(endpoint: PrincipalEndpoint) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
-            principal = await authenticate(request)
-            authorize(principal, permission)
-            return await endpoint(request, principal)
+            return await endpoint(request, await caller_allowed(request, permission))
 
         guarded.__name__ = endpoint.__name__
         guarded.__doc__ = endpoint.__doc__

@@ -7,10 +7,12 @@ reset of their MFA). Logins, failed or not, are in the audit chain.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
 from starlette.responses import Response
 
 from inhouse.api.access import Public, Require
@@ -61,8 +63,11 @@ def _identity(principal: Principal) -> Identity:
 
 
 @router.post("/login", response_model=LoginResponse, dependencies=[Depends(Public())])
-def login(body: LoginRequest, services: ServicesDep, response: Response) -> LoginResponse:
+def login(
+    body: LoginRequest, services: ServicesDep, request: Request, response: Response
+) -> LoginResponse:
     """Log in with username, password and the current one-time code."""
+    services.login_throttle.check(request.client.host if request.client else "unknown")
     session = services.control.users.login(body.username, body.password, body.code)
     response.headers.update(NO_STORE)
     return LoginResponse(
@@ -79,10 +84,10 @@ def login(body: LoginRequest, services: ServicesDep, response: Response) -> Logi
 
 
 @router.post("/logout", status_code=204, response_class=Response)
-def logout(services: ServicesDep, principal: SessionOwner) -> Response:
+async def logout(services: ServicesDep, principal: SessionOwner) -> Response:
     """End the login session this request carries (an API key is revoked elsewhere)."""
-    services.control.users.logout(principal)
-    services.authenticator.forget_session(principal)
+    await asyncio.to_thread(services.control.users.logout, principal)
+    services.authenticator.forget_session(principal)  # on the loop, like every cache write
     return Response(status_code=204)
 
 

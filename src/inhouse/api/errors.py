@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from inhouse.api.body import is_type_tag
+from inhouse.api.security_headers import SECURITY_HEADERS
 from inhouse.errors import InhouseError, RateLimitError
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,12 @@ def _validation_error(_request: Request, exc: Exception) -> Response:
 
 def _unexpected_error(_request: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc)
+    # This handler answers outside every middleware: the security headers go on here.
     return error_response(
-        500, "The server had an error while processing your request.", "server_error"
+        500,
+        "The server had an error while processing your request.",
+        "server_error",
+        headers={name.decode(): value.decode() for name, value in SECURITY_HEADERS},
     )
 
 

@@ -7,6 +7,7 @@ admin command starts in a fraction of a second.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -56,8 +57,9 @@ class Control:
         """Append an admin action to the audit chain (metadata only, never secrets)."""
         self.audit.record(AuditEvent(actor, action, tenant_id, target, details=details))
 
-    def prune_audit(self) -> int:
-        """Apply the audit retention period now; returns how many entries went."""
+    def prune_audit(self, should_stop: Callable[[], bool] | None = None) -> int:
+        """Apply the audit retention period now; returns how many entries went.
+        (``should_stop`` is for the scheduler's signature; one prune is one statement.)"""
         days = self.settings.audit.retention_days
         return self.audit.prune(utcnow() - timedelta(days=days))
 
@@ -91,6 +93,6 @@ def open_control(settings: Settings) -> Control:
         quotas=QuotaService(db),
         audit=audit,
         keyring=keyring,
-        users=UserService(db, hasher, keyring, audit, settings.auth),
+        users=UserService(db, hasher, keyring, audit, settings.auth, tenants),
         admin_key_written=written,
     )

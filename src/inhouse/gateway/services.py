@@ -13,6 +13,7 @@ from inhouse.gateway.periodic import Periodic
 from inhouse.gateway.service import Gateway
 from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.registry.models import BUILTIN_MODEL_NAME
+from inhouse.security.login_throttle import LoginThrottle
 from inhouse.tenancy.admission import Limiter, LocalLimiter
 from inhouse.tenancy.auth import Authenticator
 from inhouse.tenancy.metering import UsageRecorder
@@ -32,6 +33,7 @@ class Services:
     metrics: GatewayMetrics
     admission: Admission
     gateway: Gateway
+    login_throttle: LoginThrottle
     housekeeping: tuple[Periodic, ...]
 
     @property
@@ -92,6 +94,7 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         admission=admission,
         gateway=Gateway(engines, recorder, metrics, admission),
+        login_throttle=LoginThrottle(settings.auth.login_attempts_per_minute),
         housekeeping=(
             Periodic(
                 "key rotation",

@@ -271,8 +271,8 @@ class AuditLog:
                 return str(details.get("last_hash"))
         return None
 
-    def _all_rows(self, batch: int = 1000) -> Iterator[AuditRow]:
-        last = 0
+    def _all_rows(self, *, after: int = 0, batch: int = 1000) -> Iterator[AuditRow]:
+        last = after
         while True:
             with self._db.session() as session:
                 rows = session.scalars(
@@ -299,7 +299,7 @@ class AuditLog:
                     0, 1, f"entries 1 to {first.seq - 1} are missing and no prune accounts for them"
                 )
             expected_seq, prev_hash = first.seq, first.prev_hash
-        for row in self._all_rows():
+        for row in self._all_rows(after=expected_seq - 1):
             if row.seq != expected_seq:
                 return Verification(
                     checked,

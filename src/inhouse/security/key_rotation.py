@@ -144,8 +144,9 @@ class KeyRotation:
         )
         return report
 
-    def rotate_if_due(self) -> int | None:
-        """The schedule: rotate when the current key is older than the period."""
+    def rotate_if_due(self, should_stop: Callable[[], bool] | None = None) -> int | None:
+        """The schedule: rotate when the current key is older than the period. Only the
+        replica that made the new key audits it and rewraps (until ``should_stop``)."""
         rotated = self._keyring.rotate_if_due(self.period)
         if rotated is None:
             return None
@@ -159,7 +160,7 @@ class KeyRotation:
         )
         log.info("rotated to data key version %d (scheduled)", rotated.version)
         if self._settings.rewrap_after_rotation:
-            report = self.rewrap("system")
+            report = self.rewrap("system", should_stop=should_stop)
             log.info(
                 "rewrapped %d records under data key version %d", report.total, rotated.version
             )

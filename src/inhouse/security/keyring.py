@@ -120,7 +120,13 @@ class Keyring:
         return [self._keys[version] for version in sorted(self._keys)]
 
     def rotate(self) -> DataKey:
-        """Make a new data key and seal with it from now on; returns it."""
+        """Make a new data key and seal with it from now on; returns the newest key (made
+        by another process if it rotated at the same moment)."""
+        self._make_key()
+        return self.current
+
+    def _make_key(self) -> bool:
+        """Insert the next version; False if another process took that version first."""
         version = self._next_version()
         material = secrets.token_bytes(self._algorithm.key_bytes)
         wrapped = seal(
@@ -140,9 +146,10 @@ class Keyring:
                     )
                 )
         except IntegrityError:
-            pass  # another process rotated at the same moment: use its key
+            self.refresh()  # another process rotated at the same moment: use its key
+            return False
         self.refresh()
-        return self.current
+        return True
 
     def _next_version(self) -> int:
         with self._db.session() as session:
@@ -153,10 +160,12 @@ class Keyring:
         return self.current.created_at + period
 
     def rotate_if_due(self, period: timedelta) -> DataKey | None:
+        """Rotate if the current key is older than ``period``; the new key, if this
+        process made it (None when not due, or when another replica rotated first)."""
         self.refresh()
         if self._clock() < self.rotation_due_at(period):
             return None
-        return self.rotate()
+        return self.current if self._make_key() else None
 
     # -- records ------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from functools import cache
 
 from argon2 import PasswordHasher
@@ -13,6 +15,9 @@ MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 
 _hasher = PasswordHasher()
+# Each verification takes 64 MiB and a core for tens of milliseconds: at most this many
+# at once, whatever the number of login requests in flight.
+_verifying = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
 
 @cache
@@ -42,7 +47,8 @@ def hash_password(password: str) -> str:
 def verify_password(stored_hash: str | None, password: str) -> bool:
     """True if ``password`` matches; ``None`` (no such user) costs the same and is False."""
     try:
-        _hasher.verify(stored_hash or _decoy_hash(), password[:MAX_PASSWORD_LENGTH])
+        with _verifying:
+            _hasher.verify(stored_hash or _decoy_hash(), password[:MAX_PASSWORD_LENGTH])
     except (VerificationError, InvalidHashError):
         return False
     return stored_hash is not None

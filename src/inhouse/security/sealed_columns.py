@@ -20,7 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from inhouse.security.envelope import FORMAT, is_sealed, version_prefix
 from inhouse.security.keyring import Keyring
 from inhouse.store.db import Database
-from inhouse.store.tables import AuditRow, ModelRow
+from inhouse.store.tables import AuditRow, ModelRow, UserRow
 
 UNSEALED = "unsealed"
 
@@ -63,6 +63,13 @@ def user_totp_context(user_id: Any) -> str:
 SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     SealedColumn(cast(Table, AuditRow.__table__), "seq", "details", audit_details_context),
     SealedColumn(cast(Table, ModelRow.__table__), "id", "api_key_sealed", model_api_key_context),
+    SealedColumn(
+        cast(Table, UserRow.__table__),
+        "id",
+        "totp_secret_sealed",
+        user_totp_context,
+        seal_plaintext=False,
+    ),
 )
 
 

@@ -101,7 +101,9 @@ class QuotaRow(Base):
 
 
 class AuditRow(Base):
-    """One link of the audit hash chain; never updated or deleted by inhouse."""
+    """One link of the audit hash chain. inhouse changes a row only to re-seal its details
+    under a newer key (the hash covers the plain text) and deletes only the oldest ones,
+    past retention, after chaining an ``audit.prune`` entry that accounts for them."""
 
     __tablename__ = "audit_events"
 

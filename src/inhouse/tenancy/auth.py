@@ -52,7 +52,8 @@ class Authenticator:
         return principal
 
     def forget_session(self, principal: Principal) -> None:
-        """Drop a logged-out session from this replica's cache at once."""
+        """Drop a logged-out session from this replica's cache at once (call it on the
+        event loop, where the cache is written)."""
         stale = [
             token
             for token, (cached, _) in self._cache.items()

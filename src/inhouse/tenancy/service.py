@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from inhouse.errors import ConfigurationError, ConflictError, InvalidRequestError, NotFoundError
 from inhouse.security.api_keys import ApiKeyHasher, new_id
@@ -143,16 +145,13 @@ class TenantService:
             now = utcnow()
             if row.revoked_at is None:
                 row.revoked_at = now
-            parents = [row.id]
-            while parents:  # the keys it made, level by level
-                children = session.scalars(
-                    select(ApiKeyRow).where(ApiKeyRow.created_by.in_(parents))
-                ).all()
-                for child in children:
-                    if child.revoked_at is None:
-                        child.revoked_at = now
-                parents = [child.id for child in children if child.id not in parents]
+            _revoke_made_by(session, [row.id], now)
             return _key_info(row, tenant_name)
+
+    def revoke_keys_made_by(self, creator_id: str) -> int:
+        """Revoke the keys a key or a person made, and the keys those made, and so on."""
+        with self._db.session() as session:
+            return _revoke_made_by(session, [creator_id], utcnow())
 
     def principal_for_plaintext(self, plaintext: str) -> Principal | None:
         key_hash = self._hasher.hash(plaintext)
@@ -194,3 +193,19 @@ class TenantService:
         _, plaintext = self.create_key(PLATFORM_TENANT, Role.PLATFORM_ADMIN, name="bootstrap")
         write_private_file(admin_key_file, plaintext + "\n")
         return admin_key_file
+
+
+def _revoke_made_by(session: Session, creators: list[str], now: datetime) -> int:
+    """Revoke, level by level, every key made by one of ``creators``; returns how many."""
+    revoked, seen = 0, set(creators)
+    while creators:
+        children = session.scalars(
+            select(ApiKeyRow).where(ApiKeyRow.created_by.in_(creators))
+        ).all()
+        for child in children:
+            if child.revoked_at is None:
+                child.revoked_at = now
+                revoked += 1
+        creators = [child.id for child in children if child.id not in seen]
+        seen.update(creators)
+    return revoked

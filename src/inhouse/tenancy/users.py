@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from inhouse.config import AuthSettings
@@ -35,6 +35,7 @@ from inhouse.security.totp import matching_step, new_totp_secret, provisioning_u
 from inhouse.store.db import Database
 from inhouse.store.tables import SessionRow, TenantRow, UserRow, utcnow
 from inhouse.tenancy.models import Principal, Role
+from inhouse.tenancy.service import TenantService
 
 SESSION_PREFIX = "ihs_"
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
@@ -90,8 +91,10 @@ class UserService:
         keyring: Keyring,
         audit: AuditLog,
         settings: AuthSettings,
+        tenants: TenantService,
     ) -> None:
         self._db = db
+        self._tenants = tenants
         self._hasher = hasher
         self._keyring = keyring
         self._audit = audit
@@ -179,7 +182,8 @@ class UserService:
             row.disabled_at = row.disabled_at or utcnow()
             info = self._info(row, tenant_name)
         self.revoke_sessions(username, actor=actor)
-        self._record(actor, "user.disable", info)
+        keys = self._tenants.revoke_keys_made_by(info.id)  # a session may have made keys
+        self._record(actor, "user.disable", info, keys_revoked=keys)
 
     def revoke_sessions(self, username: str, *, actor: str) -> int:
         now = utcnow()
@@ -240,7 +244,7 @@ class UserService:
             secret = self._keyring.decrypt_text(row.totp_secret_sealed, user_totp_context(row.id))
             step = matching_step(secret, code, now.timestamp())
             # Only a right password spends the code: a typo in it does not cost a new one.
-            fresh = password_ok and step is not None and _claim_step(session, row.id, step)
+            fresh = password_ok and step is not None and _claim_step(session, row.id, step, now)
             if not (password_ok and fresh):
                 if not password_ok:
                     reason = "password"
@@ -369,12 +373,19 @@ def _user_event(
     )
 
 
-def _claim_step(session: Session, user_id: str, step: int) -> bool:
-    """Accept a TOTP step at most once, even for two logins racing with one code."""
+def _claim_step(session: Session, user_id: str, step: int, now: datetime) -> bool:
+    """Accept a TOTP step at most once, even for two logins racing with one code, and
+    never while the account is locked (a lock set by a login running beside this one)."""
     result = session.execute(
         update(UserRow)
-        .where(UserRow.id == user_id, UserRow.totp_last_step < step)
+        .where(
+            UserRow.id == user_id,
+            UserRow.totp_last_step < step,
+            or_(UserRow.locked_until.is_(None), UserRow.locked_until <= now),
+            UserRow.disabled_at.is_(None),
+        )
         .values(totp_last_step=step)
+        .execution_options(synchronize_session=False)  # the database decides, not Python
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 

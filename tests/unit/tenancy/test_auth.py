@@ -40,11 +40,10 @@ def tenants(db: Database) -> TenantService:
 
 
 @pytest.fixture
-def users(db: Database) -> UserService:
+def users(db: Database, tenants: TenantService) -> UserService:
     keyring = keyring_for(db)
-    return UserService(
-        db, ApiKeyHasher(b"k"), keyring, AuditLog(db, b"s" * 32, keyring), AuthSettings()
-    )
+    audit = AuditLog(db, b"s" * 32, keyring)
+    return UserService(db, ApiKeyHasher(b"k"), keyring, audit, AuthSettings(), tenants)
 
 
 def test_missing_and_malformed_credentials_are_refused(

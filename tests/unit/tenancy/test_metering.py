@@ -114,13 +114,9 @@ _KILLED_WRITER = """
 import asyncio, os, signal, sys
 from datetime import UTC, datetime
 from inhouse.config import MeteringSettings
-from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database
 from inhouse.tenancy.metering import IN_PROGRESS, UsageEvent, UsageRecorder
 from inhouse.tenancy.usage_journal import UsageJournal
-from tests.keyrings import keyring_for
-from inhouse.tenancy.usage_journal import UsageJournal
-from tests.keyrings import keyring_for
 
 async def main() -> None:
     db = Database(sys.argv[1])
@@ -154,13 +150,20 @@ def test_a_killed_process_leaves_its_records_for_the_next_start(
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert count(db) == (0, 0)  # nothing reached the database before the kill
 
+    audit = AuditLog(db, b"s" * 32, keyring_for(db))
+
     async def restart() -> None:
-        recorder = UsageRecorder(db, MeteringSettings(), UsageJournal(journal_dir))
+        recorder = UsageRecorder(db, MeteringSettings(), UsageJournal(journal_dir), audit=audit)
         recorder.start()
         await recorder.close()
 
     asyncio.run(restart())
     assert count(db) == (40, sum(range(40)))
+    # The replay also chained each request's audit entry, once.
+    audited = [e.as_dict()["details"]["request_id"] for e in audit.entries()]
+    assert sorted(audited) == sorted(f"req-{n}" for n in range(40))
+    asyncio.run(restart())
+    assert len(audit.entries()) == 40 and audit.verify().ok
 
 
 def test_a_segment_held_by_a_running_process_is_left_alone(tmp_path: Path) -> None:

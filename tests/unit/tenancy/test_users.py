@@ -3,6 +3,8 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pyotp
@@ -13,6 +15,7 @@ from inhouse.config import AuthSettings
 from inhouse.errors import AuthenticationError, InvalidRequestError, RateLimitError
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.security.audit import AuditLog
+from inhouse.security.sealed_columns import rewrap
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.store.tables import UserRow
@@ -29,8 +32,14 @@ T0 = datetime(2026, 11, 26, 9, 0, 0, tzinfo=UTC)
 def db(database_url: str) -> Database:
     database = Database(database_url)
     upgrade_to_head(database.engine)
-    TenantService(database, ApiKeyHasher(b"k")).create_tenant("bank")
     return database
+
+
+@pytest.fixture
+def tenants(db: Database) -> TenantService:
+    service = TenantService(db, ApiKeyHasher(b"k"))
+    service.create_tenant("bank")
+    return service
 
 
 @pytest.fixture
@@ -39,9 +48,9 @@ def audit(db: Database) -> AuditLog:
 
 
 @pytest.fixture
-def users(db: Database, audit: AuditLog) -> UserService:
+def users(db: Database, audit: AuditLog, tenants: TenantService) -> UserService:
     settings = AuthSettings(session_ttl_seconds=600, max_failed_logins=3, lockout_seconds=300)
-    return UserService(db, ApiKeyHasher(b"k"), keyring_for(db), audit, settings)
+    return UserService(db, ApiKeyHasher(b"k"), keyring_for(db), audit, settings, tenants)
 
 
 @pytest.fixture
@@ -169,3 +178,41 @@ def test_the_totp_secret_is_sealed_and_weak_passwords_are_refused(
             users.create_user("bank", "bob", Role.DEVELOPER, weak, actor="cli:root")
     with pytest.raises(InvalidRequestError, match="only in the platform tenant"):
         users.create_user("bank", "carol", Role.PLATFORM_ADMIN, PASSWORD, actor="cli:root")
+
+
+def test_two_logins_racing_with_one_code_get_one_session(
+    users: UserService, alice: Enrolment
+) -> None:
+    barrier = threading.Barrier(4)
+
+    def attempt(_: int) -> str:
+        barrier.wait()
+        try:
+            return users.login("alice", PASSWORD, code(alice, T0), now=T0).token
+        except AuthenticationError:
+            return "refused"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(attempt, range(4)))
+    assert sorted(o == "refused" for o in outcomes) == [False, True, True, True]
+
+
+def test_disabling_a_person_revokes_the_keys_their_sessions_made(
+    users: UserService, alice: Enrolment, tenants: TenantService
+) -> None:
+    made, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=alice.user.id)
+    child, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=made.id)
+    other, _ = tenants.create_key("bank", Role.DEVELOPER)
+    users.disable("alice", actor="cli:root")
+    state = {key.id: key.active for key in tenants.list_keys("bank")}
+    assert state == {made.id: False, child.id: False, other.id: True}
+
+
+def test_a_rotation_and_rewrap_covers_totp_secrets(
+    db: Database, users: UserService, alice: Enrolment
+) -> None:
+    keyring = keyring_for(db)
+    keyring.rotate()
+    assert rewrap(db, keyring).rewrapped["users.totp_secret_sealed"] == 1
+    later = T0 + timedelta(seconds=30)
+    assert users.login("alice", PASSWORD, code(alice, later), now=later).token
