@@ -39,6 +39,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         b_admin = server.new_key("b", "tenant-admin")
         server.cli("models", "add", "b-llm", "--url", "http://127.0.0.1:9/v1", "--tenant", "b")
         server.cli("quotas", "set", "b", "--tokens-per-day", "5000")
+        flow = server.data_dir.parent / "b-flow.yaml"
+        flow.write_text("name: b-flow\nmodel: {alias: b-llm}\npost: [{type: label}]\n")
+        server.cli("flows", "apply", str(flow), "--tenant", "b")
         b_key_id = _key_id(server, "b")
         with httpx.Client(base_url=server.base_url, timeout=30) as http:
             _wait_for_model(http, b_admin, "b-llm")
@@ -89,6 +92,7 @@ AIMED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ),
     ("GET", "/admin/usage"): ("/admin/usage?tenant=b", {}),
     ("GET", "/admin/audit"): ("/admin/audit?tenant=b", {}),
+    ("POST", "/v1/flows/{name}/run"): ("/v1/flows/b-flow/run", {"json": {"input": "hi"}}),
 }
 # Aimed at B through the caller's own tenant: B's key id under tenant a.
 AIMED_THROUGH_OWN_TENANT: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
@@ -193,4 +197,6 @@ def test_the_foreign_tenant_is_untouched_and_its_owner_sees_it_all(world: World)
         assert [(row["model"], row["requests"]) for row in usage] == [("b-llm", 1)]
         actions = [e["action"] for e in http.get("/admin/audit").json()["data"]]
         # B's one inference (a 502: its upstream is down) is audited too, as metadata.
-        assert actions == ["tenant.create", "key.create", "model.add", "quota.update", "inference"]
+        assert actions == [
+            "tenant.create", "key.create", "model.add", "quota.update", "flow.apply", "inference",
+        ]  # fmt: skip

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 
 from inhouse import __version__
-from inhouse.api import admin_routes, auth_routes, health_routes, openai_routes
+from inhouse.api import admin_routes, auth_routes, flow_routes, health_routes, openai_routes
 from inhouse.api.access import check_every_route_declares_a_permission, declare_public
 from inhouse.api.errors import install_error_handlers
 from inhouse.api.header_limit import HeaderLimit
@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(auth_routes.router)
+    app.include_router(flow_routes.router)
     app.router.routes[0:0] = openai_routes.inference_routes  # the hot path matches first
     document_inference_routes(app)
     if app.openapi_url is not None:

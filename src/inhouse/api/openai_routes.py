@@ -67,7 +67,8 @@ async def chat_completions(request: Request, principal: Principal) -> Response:
     services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
     chat = parse_body(ChatCompletionRequest, body)
-    return respond(await services.gateway.chat(principal, chat))
+    trace = request.headers.get("x-inhouse-trace") == "1"
+    return respond(await services.gateway.chat(principal, chat, trace=trace))
 
 
 @protected(Permission.INFERENCE)

@@ -14,7 +14,19 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import typer
 
 from inhouse import __version__
-from inhouse.cli import audit, crypto, keys, models, node, quotas, serve, tenants, usage, users
+from inhouse.cli import (
+    audit,
+    crypto,
+    flows,
+    keys,
+    models,
+    node,
+    quotas,
+    serve,
+    tenants,
+    usage,
+    users,
+)
 from inhouse.cli.common import console
 
 app = typer.Typer(
@@ -34,6 +46,7 @@ app.command("usage")(usage.usage)
 app.add_typer(audit.app, name="audit")
 app.add_typer(crypto.app, name="crypto")
 app.add_typer(users.app, name="users")
+app.add_typer(flows.app, name="flows")
 
 
 @app.command("version")

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from inhouse.config import Settings
+from inhouse.flows.catalogue import default_registry
+from inhouse.flows.store import FlowStore
 from inhouse.registry.models import ModelRegistry
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.security.audit import AuditEvent, AuditLog
@@ -43,6 +45,7 @@ class Control:
     audit: AuditLog
     keyring: Keyring
     users: UserService
+    flows: FlowStore
     admin_key_written: Path | None = None
 
     def record(
@@ -94,5 +97,6 @@ def open_control(settings: Settings) -> Control:
         audit=audit,
         keyring=keyring,
         users=UserService(db, hasher, keyring, audit, settings.auth, tenants),
+        flows=FlowStore(db, default_registry(), audit),
         admin_key_written=written,
     )

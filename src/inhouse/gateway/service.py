@@ -10,7 +10,8 @@ from functools import partial
 
 from inhouse.engine.base import Priority, TokenUsage
 from inhouse.errors import InhouseError
-from inhouse.gateway import local_calls, remote_calls
+from inhouse.flows.published import PublishedFlows
+from inhouse.gateway import flow_calls, local_calls, remote_calls
 from inhouse.gateway.admission import Admission, GenerationCall
 from inhouse.gateway.engines import EnginePool
 from inhouse.gateway.protocol import (
@@ -104,8 +105,10 @@ class Gateway:
         metrics: GatewayMetrics,
         admission: Admission | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        flows: PublishedFlows | None = None,
     ) -> None:
         self.engines = engines
+        self.flows = flows
         self.recorder = recorder
         self.metrics = metrics
         self.admission = admission
@@ -124,7 +127,18 @@ class Gateway:
         ]
         return ModelList(data=cards)
 
-    async def chat(self, principal: Principal, request: ChatCompletionRequest) -> Reply:
+    async def chat(
+        self, principal: Principal, request: ChatCompletionRequest, *, trace: bool = False
+    ) -> Reply:
+        if self.flows is not None and request.model.startswith(flow_calls.FLOW_PREFIX):
+            return await flow_calls.answer(
+                self.flows,
+                self.chat,
+                principal,
+                request,
+                request_id=self.request_ids.next("chatcmpl"),
+                trace=trace,
+            )
         return await self._answer(principal, request, CHAT_ENDPOINT)
 
     async def complete(self, principal: Principal, request: CompletionRequest) -> Reply:

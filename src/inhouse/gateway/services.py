@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 
 from inhouse.config import QuotaFailureMode, Settings
+from inhouse.flows.catalogue import default_registry
+from inhouse.flows.published import PublishedFlows
 from inhouse.gateway.admission import Admission
 from inhouse.gateway.control import Control, open_control
 from inhouse.gateway.engines import EnginePool
@@ -93,7 +95,17 @@ def build_services(settings: Settings) -> Services:
         recorder=recorder,
         metrics=metrics,
         admission=admission,
-        gateway=Gateway(engines, recorder, metrics, admission),
+        gateway=Gateway(
+            engines,
+            recorder,
+            metrics,
+            admission,
+            flows=PublishedFlows(
+                control.flows,
+                default_registry(),
+                ttl_seconds=settings.gateway.registry_refresh_seconds,
+            ),
+        ),
         login_throttle=LoginThrottle(settings.auth.login_attempts_per_minute),
         housekeeping=(
             Periodic(

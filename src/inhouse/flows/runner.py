@@ -1,0 +1,91 @@
+"""Running a flow: pre steps → the messages for the model → (the caller generates) →
+post steps. No I/O here: the gateway does the generation between the two halves, so
+the steps' own cost is what ``bench/flows.py`` measures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from inhouse.errors import InvalidRequestError
+from inhouse.flows.context import FlowContext, Stage, Step, StepTrace
+from inhouse.flows.spec import FlowSpec
+from inhouse.flows.step_registry import StepRegistry
+
+
+@dataclass(slots=True)
+class FlowRun:
+    """One request through one flow version."""
+
+    context: FlowContext
+    trace: list[StepTrace] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    """What the model gets: the system prompt and the rendered template."""
+
+    @property
+    def blocked(self) -> bool:
+        return self.context.blocked is not None
+
+
+class CompiledFlow:
+    """A flow version with its steps built once; ``start`` and ``finish`` per request."""
+
+    def __init__(self, spec: FlowSpec, registry: StepRegistry, *, version: int = 0) -> None:
+        self.spec = spec
+        self.version = version
+        self._pre = [
+            registry.build(s.type, s.options, Stage.PRE, where=f"pre.{i}")
+            for i, s in enumerate(spec.pre)
+        ]
+        self._post = [
+            registry.build(s.type, s.options, Stage.POST, where=f"post.{i}")
+            for i, s in enumerate(spec.post)
+        ]
+
+    def start(
+        self, text: str, *, user: str | None = None, variables: Mapping[str, str] | None = None
+    ) -> FlowRun:
+        """Run the pre steps on the input; unless a step blocked, render the messages."""
+        variables = dict(variables or {})
+        missing = [name for name in self.spec.model.variables if name not in variables]
+        if missing:
+            raise InvalidRequestError(
+                f"flow {self.spec.name!r} needs the variables {', '.join(missing)}",
+                param="variables",
+            )
+        run = FlowRun(FlowContext(text=text, user=user))
+        _run_steps(self._pre, run, Stage.PRE)
+        if run.blocked:
+            return run
+        model = self.spec.model
+        if model.system_prompt:
+            run.messages.append({"role": "system", "content": model.system_prompt})
+        content = model.template.format_map({**variables, "input": run.context.text})
+        run.messages.append({"role": "user", "content": content})
+        return run
+
+    def finish(
+        self, run: FlowRun, output: str, *, regenerate: Callable[[str], str] | None = None
+    ) -> FlowRun:
+        """Run the post steps on the model's output."""
+        context = run.context
+        context.text = output
+        context.stage = Stage.POST
+        context.regenerate = regenerate
+        _run_steps(self._post, run, Stage.POST)
+        return run
+
+
+def _run_steps(steps: list[Step], run: FlowRun, stage: Stage) -> None:
+    context = run.context
+    for step in steps:
+        started = time.perf_counter_ns()
+        step.run(context)
+        elapsed = (time.perf_counter_ns() - started) / 1000
+        decision = "blocked" if context.blocked is not None else context.decision
+        run.trace.append(StepTrace(step.name, stage, elapsed, decision, context.decision_details))
+        context.decision, context.decision_details = "pass", {}
+        if context.blocked is not None:
+            return

@@ -1,0 +1,185 @@
+"""Flows of each tenant in the store: versions, the published one, rollback, all audited.
+
+``apply`` validates a spec, stores it as the next version and publishes it; ``rollback``
+publishes an earlier version (the previous one by default). Versions are never changed
+or deleted, so a rollback is itself undone by rolling forward with ``--to``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.flows.spec import FlowSpec, validate_spec
+from inhouse.flows.step_registry import StepRegistry
+from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.store.db import Database
+from inhouse.store.tables import FlowReleaseRow, FlowVersionRow, TenantRow, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class FlowInfo:
+    tenant_id: str
+    name: str
+    published: int
+    latest: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FlowVersion:
+    tenant_id: str
+    name: str
+    version: int
+    spec: FlowSpec
+    created_at: datetime
+    created_by: str
+    published: bool
+
+
+class FlowStore:
+    def __init__(self, db: Database, registry: StepRegistry, audit: AuditLog) -> None:
+        self._db = db
+        self._registry = registry
+        self._audit = audit
+
+    def apply(self, tenant_name: str, data: dict[str, Any], *, actor: str) -> FlowVersion:
+        """Validate, store as the next version, publish."""
+        spec = validate_spec(data, self._registry)
+        document = spec.model_dump_json(exclude_defaults=False)
+        for _ in range(5):  # two applies at once: one gets the next number
+            try:
+                with self._db.session() as session:
+                    tenant_id = _tenant_id(session, tenant_name)
+                    latest = session.scalar(
+                        select(func.max(FlowVersionRow.version)).where(
+                            FlowVersionRow.tenant_id == tenant_id,
+                            FlowVersionRow.name == spec.name,
+                        )
+                    )
+                    version = (latest or 0) + 1
+                    now = utcnow()
+                    session.add(
+                        FlowVersionRow(
+                            tenant_id=tenant_id,
+                            name=spec.name,
+                            version=version,
+                            spec=document,
+                            created_at=now,
+                            created_by=actor,
+                        )
+                    )
+                    session.merge(
+                        FlowReleaseRow(
+                            tenant_id=tenant_id, name=spec.name, version=version, updated_at=now
+                        )
+                    )
+                break
+            except IntegrityError:
+                continue
+        else:
+            raise ConflictError(f"flow {spec.name!r} is being changed by someone else; retry")
+        self._audit.record(
+            AuditEvent(actor, "flow.apply", tenant_id, target=f"flow:{spec.name}",
+                       details={"version": version, "previous": latest or 0})
+        )  # fmt: skip
+        return FlowVersion(tenant_id, spec.name, version, spec, now, actor, True)
+
+    def rollback(
+        self, tenant_name: str, name: str, *, to: int | None = None, actor: str
+    ) -> FlowVersion:
+        """Publish version ``to``, or the one before the published one."""
+        with self._db.session() as session:
+            tenant_id = _tenant_id(session, tenant_name)
+            release = session.get(FlowReleaseRow, (tenant_id, name))
+            if release is None:
+                raise NotFoundError(f"flow {name!r} does not exist", param="flow")
+            previous = release.version
+            target = to if to is not None else previous - 1
+            if target < 1:
+                raise InvalidRequestError(
+                    f"flow {name!r} is at version {previous}: there is no earlier one",
+                    param="to",
+                )
+            row = session.get(FlowVersionRow, (tenant_id, name, target))
+            if row is None:
+                raise NotFoundError(f"flow {name!r} has no version {target}", param="to")
+            release.version = target
+            release.updated_at = utcnow()
+            version = self._version(row, published=True)
+        self._audit.record(
+            AuditEvent(actor, "flow.rollback", tenant_id, target=f"flow:{name}",
+                       details={"version": target, "previous": previous})
+        )  # fmt: skip
+        return version
+
+    def list(self, tenant_name: str | None = None) -> list[FlowInfo]:
+        latest = (
+            select(
+                FlowVersionRow.tenant_id,
+                FlowVersionRow.name,
+                func.max(FlowVersionRow.version).label("latest"),
+            )
+            .group_by(FlowVersionRow.tenant_id, FlowVersionRow.name)
+            .subquery()
+        )
+        query = (
+            select(FlowReleaseRow, latest.c.latest)
+            .join(
+                latest,
+                (latest.c.tenant_id == FlowReleaseRow.tenant_id)
+                & (latest.c.name == FlowReleaseRow.name),
+            )
+            .order_by(FlowReleaseRow.name)
+        )
+        with self._db.session() as session:
+            if tenant_name is not None:
+                query = query.where(FlowReleaseRow.tenant_id == _tenant_id(session, tenant_name))
+            return [
+                FlowInfo(row.tenant_id, row.name, row.version, int(top), row.updated_at)
+                for row, top in session.execute(query).all()
+            ]
+
+    def show(self, tenant_name: str, name: str, version: int | None = None) -> FlowVersion:
+        with self._db.session() as session:
+            return self._find(session, _tenant_id(session, tenant_name), name, version)
+
+    def published(self, tenant_id: str, name: str) -> FlowVersion | None:
+        """What ``flow:NAME`` runs for the tenant now (None: no such flow)."""
+        with self._db.session() as session:
+            try:
+                return self._find(session, tenant_id, name, None)
+            except NotFoundError:
+                return None
+
+    def _find(
+        self, session: Session, tenant_id: str, name: str, version: int | None
+    ) -> FlowVersion:
+        release = session.get(FlowReleaseRow, (tenant_id, name))
+        if release is None:
+            raise NotFoundError(f"flow {name!r} does not exist", param="flow")
+        wanted = release.version if version is None else version
+        row = session.get(FlowVersionRow, (tenant_id, name, wanted))
+        if row is None:
+            raise NotFoundError(f"flow {name!r} has no version {wanted}", param="version")
+        return self._version(row, published=wanted == release.version)
+
+    def _version(self, row: FlowVersionRow, *, published: bool) -> FlowVersion:
+        spec = FlowSpec.model_validate(json.loads(row.spec))
+        return FlowVersion(
+            row.tenant_id, row.name, row.version, spec, row.created_at, row.created_by, published
+        )
+
+
+def _tenant_id(session: Session, tenant_name: str) -> str:
+    tenant_id = session.scalar(select(TenantRow.id).where(TenantRow.name == tenant_name))
+    if tenant_id is None:
+        raise NotFoundError(f"tenant {tenant_name!r} does not exist", param="tenant")
+    return tenant_id

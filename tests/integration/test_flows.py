@@ -1,0 +1,143 @@
+"""Flows on a running gateway: applied with the CLI, called through the official openai
+client as flow:NAME, rolled back, the switch in the audit log."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.fake_upstream import FakeUpstream
+from tests.integration.server import InhouseProcess
+
+FLOW = """
+name: callback
+description: Answers callback requests; phone numbers never reach the model.
+model:
+  alias: center
+  system_prompt: You arrange callbacks.
+  template: "Branch {branch}. Request: {{input}}"
+  temperature: 0
+pre:
+  - type: features
+  - type: pii_mask
+post:
+  - type: pii_restore
+  - type: label
+    options: {{notice: "{notice}"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[InhouseProcess, FakeUpstream, str, Path]]:
+    directory = tmp_path_factory.mktemp("flows")
+    with FakeUpstream(reply_text="We will call [PHONE_1] within the hour.") as upstream:
+        server = InhouseProcess(directory / "data", builtin_model=False)
+        server.cli("tenants", "create", "bank")
+        server.cli("models", "add", "center", "--url", upstream.url, "--tenant", "bank")
+        for version in (1, 2):
+            spec = directory / f"callback-v{version}.yaml"
+            spec.write_text(FLOW.format(notice=f"AI-generated (v{version})", branch="{branch}"))
+            server.cli("flows", "apply", str(spec), "--tenant", "bank")
+        server.start()
+        try:
+            yield server, upstream, server.new_key("bank"), directory
+        finally:
+            server.stop()
+
+
+def ask(server: InhouseProcess, key: str) -> openai.types.chat.ChatCompletion:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    return client.chat.completions.create(
+        model="flow:callback",
+        messages=[{"role": "user", "content": "请回电 138 0013 8000，谢谢"}],
+        metadata={"branch": "Pudong"},
+    )
+
+
+def test_a_published_flow_answers_through_the_openai_client(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, upstream, key, _ = setup
+    answer = ask(server, key)
+    assert answer.model == "flow:callback"
+    content = answer.choices[0].message.content or ""
+    assert content.startswith("We will call 138 0013 8000 within the hour.")
+    assert content.endswith("AI-generated (v2)")
+    sent = upstream.received[-1].body
+    assert sent["model"] == "center"
+    assert sent["messages"][-1]["content"] == "Branch Pudong. Request: 请回电 [PHONE_1]，谢谢"
+    assert "8000" not in json.dumps(sent)  # the number never reached the model
+    extra = answer.model_extra or {}
+    assert extra["inhouse"]["version"] == 2
+    assert extra["inhouse"]["content_label"]["provider"] == "inhouse"
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+
+def test_rollback_switches_the_answering_version_and_is_audited(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, _, key, _ = setup
+    server.cli("flows", "rollback", "callback", "--tenant", "bank")
+    deadline = time.monotonic() + 10
+    while not (ask(server, key).choices[0].message.content or "").endswith("(v1)"):
+        assert time.monotonic() < deadline, "the rollback was not seen within 10 s"
+        time.sleep(0.3)
+    exported = [json.loads(line) for line in server.cli("audit", "export").stdout.splitlines()]
+    switches = [
+        (e["action"], e["details"]["version"]) for e in exported if e["action"].startswith("flow.")
+    ]
+    assert switches == [("flow.apply", 1), ("flow.apply", 2), ("flow.rollback", 1)]
+    server.cli("flows", "rollback", "callback", "--tenant", "bank", "--to", "2")
+
+
+def test_the_run_endpoint_gives_structured_output_and_a_trace_without_content(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, _, key, _ = setup
+    response = httpx.post(
+        f"{server.base_url}/v1/flows/callback/run",
+        headers={"Authorization": f"Bearer {key}", "X-Inhouse-Trace": "1"},
+        json={"input": "call me on 13800138000", "variables": {"branch": "Xuhui"}},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["flow"] == "callback" and result["blocked"] is None
+    assert result["output"].startswith("We will call 13800138000")
+    steps = [(t["step"], t["decision"]) for t in result["trace"]]
+    assert steps == [
+        ("features", "pass"),
+        ("pii_mask", "masked"),
+        ("pii_restore", "changed"),
+        ("label", "changed"),
+    ]
+    assert "13800138000" not in json.dumps(result["trace"])
+    missing = httpx.post(
+        f"{server.base_url}/v1/flows/callback/run",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"input": "hi"},
+        timeout=30,
+    )
+    assert missing.status_code == 400
+    assert "needs the variables branch" in missing.json()["error"]["message"]
+
+
+def test_another_tenants_flow_is_not_found(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, _, _, _ = setup
+    other = server.new_key("insurer")
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=other, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(
+            model="flow:callback", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "does not exist" in str(raised.value)
