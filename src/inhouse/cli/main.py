@@ -16,6 +16,7 @@ import typer
 from inhouse import __version__
 from inhouse.cli import (
     audit,
+    compliance,
     crypto,
     flows,
     keys,
@@ -47,6 +48,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(crypto.app, name="crypto")
 app.add_typer(users.app, name="users")
 app.add_typer(flows.app, name="flows")
+app.add_typer(compliance.app, name="compliance")
 
 
 @app.command("version")
