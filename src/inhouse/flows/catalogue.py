@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from inhouse.flows.builtin_steps import FEATURES, LABEL, PII_CHECK, PII_MASK, PII_RESTORE
+from inhouse.flows.cleaning import CLEAN
 from inhouse.flows.context import StepType
+from inhouse.flows.formatting import JSON_FORMAT, MARKDOWN
 from inhouse.flows.step_registry import StepRegistry
 
-BUILTIN_STEPS: tuple[StepType, ...] = (PII_MASK, PII_RESTORE, PII_CHECK, FEATURES, LABEL)
+BUILTIN_STEPS: tuple[StepType, ...] = (
+    CLEAN,
+    PII_MASK,
+    FEATURES,
+    PII_CHECK,
+    PII_RESTORE,
+    JSON_FORMAT,
+    MARKDOWN,
+    LABEL,
+)
 
 
 def default_registry() -> StepRegistry:

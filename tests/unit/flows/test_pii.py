@@ -1,8 +1,5 @@
 """PII masking: checksums decide, adversarial spellings are caught, masking round-trips."""
 
-# Full-width characters in these strings are the point of the tests.
-# ruff: noqa: RUF001
-
 from __future__ import annotations
 
 import pytest
