@@ -141,3 +141,23 @@ def test_another_tenants_flow_is_not_found(
             model="flow:callback", messages=[{"role": "user", "content": "hi"}]
         )
     assert "does not exist" in str(raised.value)
+
+
+def test_a_streamed_flow_request_gets_the_final_text(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, _, key, _ = setup
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="flow:callback",
+            messages=[{"role": "user", "content": "call 13800138000"}],
+            metadata={"branch": "Jing'an"},
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("We will call 13800138000") and text.endswith("(v2)")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
