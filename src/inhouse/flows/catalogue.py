@@ -7,10 +7,12 @@ from inhouse.flows.cleaning import CLEAN
 from inhouse.flows.context import StepType
 from inhouse.flows.formatting import JSON_FORMAT, MARKDOWN
 from inhouse.flows.step_registry import StepRegistry
+from inhouse.flows.term_filter import TERM_FILTER
 
 BUILTIN_STEPS: tuple[StepType, ...] = (
     CLEAN,
     PII_MASK,
+    TERM_FILTER,
     FEATURES,
     PII_CHECK,
     PII_RESTORE,
