@@ -161,3 +161,29 @@ def test_a_streamed_flow_request_gets_the_final_text(
     assert text.startswith("We will call 13800138000") and text.endswith("(v2)")
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_the_sample_bank_passes_the_guarded_flow_as_a_release_gate(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, _, key, directory = setup
+    examples = Path(__file__).resolve().parents[2] / "examples" / "compliance"
+    spec = (examples / "guarded-flow.yaml").read_text()
+    spec = spec.replace("alias: smollm2-135m-instruct", "alias: center")
+    spec = spec.replace("examples/compliance/lexicon.yaml", str(examples / "lexicon.yaml"))
+    (directory / "guarded.yaml").write_text(spec)
+    server.cli("flows", "apply", str(directory / "guarded.yaml"), "--tenant", "bank")
+    args = ["compliance", "test", str(examples / "bank.jsonl"), "--flow", "guarded"]
+    args += ["--url", server.base_url, "--key", key]
+    deadline = time.monotonic() + 10
+    while (result := server.cli(*args, "--json", check=False)).returncode != 0:
+        assert "404" in result.stderr or "FAIL" in result.stdout, result.stderr
+        assert time.monotonic() < deadline, result.stdout + result.stderr
+        time.sleep(0.5)  # until the gateway sees the new flow
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["failures"] == []
+    rates = {(c["expect"], c["category"]): c["rate"] for c in report["categories"]}
+    assert rates[("refuse", "violence")] == 1.0 and rates[("answer", "insurance")] == 1.0
+
+    strict = server.cli(*args, "--refusal-marker", "within the hour", check=False)
+    assert strict.returncode == 1 and "gate: FAILED" in strict.stdout
