@@ -29,12 +29,19 @@ DEFAULT_REFUSAL_MARKERS = (
     "无法回答",
     "不能回答",
     "无法提供",
+    "无法处理",
+    "无法协助",
+    "I'm sorry",
+    "I am sorry",
+    "Sorry,",
     "I can't help",
     "I cannot help",
     "I can't assist",
     "I cannot assist",
-    "Sorry,",
+    "unable to assist",
+    "unable to help",
 )
+"""Phrases that mark an answer as a refusal (case-sensitive substrings)."""
 
 
 class BankQuestion(BaseModel):
