@@ -187,3 +187,20 @@ def test_the_sample_bank_passes_the_guarded_flow_as_a_release_gate(
 
     strict = server.cli(*args, "--refusal-marker", "within the hour", check=False)
     assert strict.returncode == 1 and "gate: FAILED" in strict.stdout
+
+
+def test_step_timings_and_decisions_reach_the_metrics(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, _, key, _ = setup
+    ask(server, key)
+    metrics = httpx.get(
+        f"{server.base_url}/metrics",
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+        timeout=10,
+    ).text
+    assert 'inhouse_flow_step_duration_seconds_count{flow="callback",step="pii_mask"}' in metrics
+    assert (
+        'inhouse_flow_step_decisions_total{decision="masked",flow="callback",step="pii_mask"}'
+        in metrics
+    )

@@ -86,9 +86,12 @@ class FlowStore:
                 continue
         else:
             raise ConflictError(f"flow {spec.name!r} is being changed by someone else; retry")
+        details: dict[str, Any] = {"version": version, "previous": latest or 0}
+        if _hides_ai_label(spec):
+            details["ai_label_visible"] = False  # the choice the rules ask to be logged
         self._audit.record(
             AuditEvent(actor, "flow.apply", tenant_id, target=f"flow:{spec.name}",
-                       details={"version": version, "previous": latest or 0})
+                       details=details)
         )  # fmt: skip
         return FlowVersion(tenant_id, spec.name, version, spec, now, actor, True)
 
@@ -176,6 +179,11 @@ class FlowStore:
         return FlowVersion(
             row.tenant_id, row.name, row.version, spec, row.created_at, row.created_by, published
         )
+
+
+def _hides_ai_label(spec: FlowSpec) -> bool:
+    labels = [step for step in spec.post if step.type == "label"]
+    return any(step.options.get("visible") is False for step in labels)
 
 
 def _tenant_id(session: Session, tenant_name: str) -> str:

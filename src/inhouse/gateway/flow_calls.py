@@ -22,6 +22,7 @@ from inhouse.flows.published import PublishedFlows
 from inhouse.flows.runner import CompiledFlow, FlowRun
 from inhouse.gateway.protocol import ChatCompletionRequest, TextPart
 from inhouse.gateway.replies import JsonReply, Reply, StreamReply
+from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.tenancy.models import Principal
 
 FLOW_PREFIX = "flow:"
@@ -56,6 +57,7 @@ async def answer(
     *,
     request_id: str,
     trace: bool,
+    metrics: GatewayMetrics | None = None,
 ) -> Reply:
     name = request.model.removeprefix(FLOW_PREFIX)
     flow = await flows.get(principal.tenant_id, name)
@@ -79,6 +81,9 @@ async def answer(
         flow.finish(run, choice["message"]["content"] or "")
         if run.blocked:
             finish_reason = "content_filter"
+    if metrics is not None:
+        for step in run.trace:
+            metrics.observe_flow_step(name, step.step, step.micros / 1e6, step.decision)
     body = _completion(request, request_id, flow, run, usage, finish_reason, trace)
     if request.stream:
         return StreamReply(_as_stream(body, request.include_usage_in_stream), request_id)

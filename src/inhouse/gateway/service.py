@@ -138,6 +138,7 @@ class Gateway:
                 request,
                 request_id=self.request_ids.next("chatcmpl"),
                 trace=trace,
+                metrics=self.metrics,
             )
         return await self._answer(principal, request, CHAT_ENDPOINT)
 

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 UNRESOLVED_MODEL = "-"
+STEP_BUCKETS = (0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 1)
 
 
 class GatewayMetrics:
@@ -33,6 +34,23 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "inhouse_requests_in_flight", "Requests being answered now.", registry=self.registry
         )
+        self._step_seconds = Histogram(
+            "inhouse_flow_step_duration_seconds",
+            "Time of one flow step on one request, by flow and step.",
+            ["flow", "step"],
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self._step_decisions = Counter(
+            "inhouse_flow_step_decisions",
+            "What flow steps decided (pass, masked, changed, flagged, blocked ...).",
+            ["flow", "step", "decision"],
+            registry=self.registry,
+        )
+
+    def observe_flow_step(self, flow: str, step: str, seconds: float, decision: str) -> None:
+        self._step_seconds.labels(flow, step).observe(seconds)
+        self._step_decisions.labels(flow, step, decision).inc()
 
     def observe(
         self,

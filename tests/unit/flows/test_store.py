@@ -16,13 +16,23 @@ from tests.keyrings import keyring_for
 
 
 @pytest.fixture
-def store(database_url: str) -> FlowStore:
-    db = Database(database_url)
-    upgrade_to_head(db.engine)
-    tenants = TenantService(db, ApiKeyHasher(b"k"))
+def db(database_url: str) -> Database:
+    database = Database(database_url)
+    upgrade_to_head(database.engine)
+    tenants = TenantService(database, ApiKeyHasher(b"k"))
     tenants.create_tenant("bank")
     tenants.create_tenant("insurer")
-    return FlowStore(db, default_registry(), AuditLog(db, b"s" * 32, keyring_for(db)))
+    return database
+
+
+@pytest.fixture
+def audit(db: Database) -> AuditLog:
+    return AuditLog(db, b"s" * 32, keyring_for(db))
+
+
+@pytest.fixture
+def store(db: Database, audit: AuditLog) -> FlowStore:
+    return FlowStore(db, default_registry(), audit)
 
 
 def spec(notice: str) -> dict[str, object]:
@@ -61,3 +71,17 @@ def test_an_invalid_spec_stores_nothing(store: FlowStore) -> None:
             "bank", {"name": "faq", "model": {"alias": "m"}, "pre": [{"type": "x"}]}, actor="a"
         )
     assert store.list("bank") == []
+
+
+def test_hiding_the_ai_label_is_recorded_in_the_audit_log(
+    store: FlowStore, audit: AuditLog
+) -> None:
+    hidden = {
+        "name": "quiet",
+        "model": {"alias": "m"},
+        "post": [{"type": "label", "options": {"visible": False}}],
+    }
+    store.apply("bank", hidden, actor="cli:admin")
+    store.apply("bank", spec("shown"), actor="cli:admin")
+    entries = [e.as_dict() for e in audit.entries() if e.action == "flow.apply"]
+    assert [e["details"].get("ai_label_visible") for e in entries] == [False, None]
