@@ -189,6 +189,14 @@ class AuditSettings(BaseModel):
     prune_check_seconds: float = Field(default=3600.0, gt=0.0)
 
 
+class FlowSettings(BaseModel):
+    """Suspending end users whose inputs flows keep blocking (China's generative-AI rules)."""
+
+    violations_in_a_row: int = Field(default=3, ge=1)
+    violations_per_day: int = Field(default=5, ge=1)
+    suspension_minutes: float = Field(default=60.0, gt=0.0)
+
+
 COMPLIANCE_MAX_ROTATION_DAYS = 7.0
 COMPLIANCE_MIN_RETENTION_DAYS = 180
 
@@ -227,6 +235,7 @@ class Settings(BaseSettings):
     crypto: CryptoSettings = CryptoSettings()
     auth: AuthSettings = AuthSettings()
     audit: AuditSettings = AuditSettings()
+    flows: FlowSettings = FlowSettings()
 
     @model_validator(mode="after")
     def _refuse_weak_settings_in_compliance_mode(self) -> Settings:

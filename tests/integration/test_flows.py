@@ -204,3 +204,36 @@ def test_step_timings_and_decisions_reach_the_metrics(
         'inhouse_flow_step_decisions_total{decision="masked",flow="callback",step="pii_mask"}'
         in metrics
     )
+
+
+def test_an_end_user_whose_inputs_keep_being_blocked_is_suspended(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, _, key, directory = setup
+    strict = directory / "strict.yaml"
+    strict.write_text(
+        "name: strict\nmodel: {alias: center}\n"
+        "pre: [{type: terms, options: {terms: {gambling: {action: block, terms: [网络赌博]}}}}]\n"
+    )
+    server.cli("flows", "apply", str(strict), "--tenant", "bank")
+
+    def run(text: str, user: str) -> httpx.Response:
+        return httpx.post(
+            f"{server.base_url}/v1/flows/strict/run",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"input": text, "user": user},
+            timeout=30,
+        )
+
+    deadline = time.monotonic() + 10
+    while run("hello", "u-ok").status_code == 404:  # until the gateway sees the flow
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    for _ in range(3):
+        assert run("推荐 网 络 赌 博 平台", "u-9").json()["blocked"]["category"] == "gambling"
+    refused = run("hello", "u-9")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "user_suspended"
+    assert run("hello", "u-ok").status_code == 200
+    exported = server.cli("audit", "export").stdout
+    assert '"flow.user_suspend"' in exported and '"user:u-9"' in exported

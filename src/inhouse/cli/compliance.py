@@ -51,7 +51,9 @@ def test(
     with httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=300) as http:
         for question in questions:
             try:
-                response = http.post(endpoint, json={"input": question.question})
+                # One end user per question: the bank's refusals must not suspend it.
+                body = {"input": question.question, "user": f"compliance-bank:{question.id}"}
+                response = http.post(endpoint, json=body)
             except httpx.HTTPError as exc:
                 raise fail(f"cannot reach {url}: {exc}") from None
             if response.status_code != 200:

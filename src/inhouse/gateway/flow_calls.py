@@ -11,6 +11,7 @@ object: flow name and version, a block if any, content labels and, when asked fo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ import orjson
 from inhouse.errors import InvalidRequestError, NotFoundError, UpstreamError
 from inhouse.flows.published import PublishedFlows
 from inhouse.flows.runner import CompiledFlow, FlowRun
+from inhouse.flows.violations import ViolationCounter
 from inhouse.gateway.protocol import ChatCompletionRequest, TextPart
 from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 from inhouse.monitor.metrics import GatewayMetrics
@@ -58,6 +60,7 @@ async def answer(
     request_id: str,
     trace: bool,
     metrics: GatewayMetrics | None = None,
+    violations: ViolationCounter | None = None,
 ) -> Reply:
     name = request.model.removeprefix(FLOW_PREFIX)
     flow = await flows.get(principal.tenant_id, name)
@@ -67,7 +70,14 @@ async def answer(
             param="model",
             code="model_not_found",
         )
+    subject = request.user or principal.key_id
+    if violations is not None:
+        await asyncio.to_thread(violations.check, principal.tenant_id, subject)
     run = flow.start(last_user_text(request), user=request.user, variables=_variables(request))
+    if violations is not None:
+        await asyncio.to_thread(
+            violations.record, principal.tenant_id, subject, blocked=run.blocked
+        )
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     finish_reason = "content_filter"
     if not run.blocked:

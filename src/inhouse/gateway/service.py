@@ -11,6 +11,7 @@ from functools import partial
 from inhouse.engine.base import Priority, TokenUsage
 from inhouse.errors import InhouseError
 from inhouse.flows.published import PublishedFlows
+from inhouse.flows.violations import ViolationCounter
 from inhouse.gateway import flow_calls, local_calls, remote_calls
 from inhouse.gateway.admission import Admission, GenerationCall
 from inhouse.gateway.engines import EnginePool
@@ -106,9 +107,11 @@ class Gateway:
         admission: Admission | None = None,
         clock: Callable[[], float] = time.perf_counter,
         flows: PublishedFlows | None = None,
+        violations: ViolationCounter | None = None,
     ) -> None:
         self.engines = engines
         self.flows = flows
+        self.violations = violations
         self.recorder = recorder
         self.metrics = metrics
         self.admission = admission
@@ -139,6 +142,7 @@ class Gateway:
                 request_id=self.request_ids.next("chatcmpl"),
                 trace=trace,
                 metrics=self.metrics,
+                violations=self.violations,
             )
         return await self._answer(principal, request, CHAT_ENDPOINT)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from inhouse.config import QuotaFailureMode, Settings
 from inhouse.flows.catalogue import default_registry
 from inhouse.flows.published import PublishedFlows
+from inhouse.flows.violations import ViolationCounter
 from inhouse.gateway.admission import Admission
 from inhouse.gateway.control import Control, open_control
 from inhouse.gateway.engines import EnginePool
@@ -105,6 +106,7 @@ def build_services(settings: Settings) -> Services:
                 default_registry(),
                 ttl_seconds=settings.gateway.registry_refresh_seconds,
             ),
+            violations=ViolationCounter(control.db, control.audit, settings.flows),
         ),
         login_throttle=LoginThrottle(settings.auth.login_attempts_per_minute),
         housekeeping=(
