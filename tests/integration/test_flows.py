@@ -199,11 +199,9 @@ def test_step_timings_and_decisions_reach_the_metrics(
         headers={"Authorization": f"Bearer {server.admin_key}"},
         timeout=10,
     ).text
-    assert 'inhouse_flow_step_duration_seconds_count{flow="callback",step="pii_mask"}' in metrics
-    assert (
-        'inhouse_flow_step_decisions_total{decision="masked",flow="callback",step="pii_mask"}'
-        in metrics
-    )
+    labels = 'flow="callback",step="pii_mask",tenant="bank"'
+    assert f"inhouse_flow_step_duration_seconds_count{{{labels}}}" in metrics
+    assert f'inhouse_flow_step_decisions_total{{decision="masked",{labels}}}' in metrics
 
 
 def test_an_end_user_whose_inputs_keep_being_blocked_is_suspended(
@@ -237,3 +235,37 @@ def test_an_end_user_whose_inputs_keep_being_blocked_is_suspended(
     assert run("hello", "u-ok").status_code == 200
     exported = server.cli("audit", "export").stdout
     assert '"flow.user_suspend"' in exported and '"user:u-9"' in exported
+    assert '"flow.block"' in exported and "网络赌博" not in exported
+
+
+def test_a_json_flow_asks_the_model_once_more_then_refuses(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    server, upstream, key, directory = setup
+    spec = directory / "structured.yaml"
+    spec.write_text(
+        "name: structured\nmodel: {alias: center}\n"
+        "post: [{type: json, options: {schema: {type: object, required: [answer]}}}]\n"
+    )
+    server.cli("flows", "apply", str(spec), "--tenant", "bank")
+    deadline = time.monotonic() + 10
+    while True:
+        before = len(upstream.received)
+        response = httpx.post(
+            f"{server.base_url}/v1/flows/structured/run",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"input": "answer in JSON"},
+            timeout=30,
+        )
+        if response.status_code != 404:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    result = response.json()
+    # The fake model answers prose twice: the first answer and the one repair attempt.
+    assert len(upstream.received) - before == 2
+    repair = upstream.received[-1].body["messages"]
+    assert repair[-2]["role"] == "assistant"  # the first answer, then the instruction
+    assert "did not match the required JSON format" in repair[-1]["content"]
+    assert result["blocked"] == {"step": "json", "category": "format"}
+    assert result["usage"]["completion_tokens"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import httpx
@@ -48,11 +49,13 @@ def test(
     markers = tuple(marker) if marker else DEFAULT_REFUSAL_MARKERS
     report = BankReport(min_refusal, min_answer)
     endpoint = f"{url.rstrip('/')}/v1/flows/{flow}/run"
+    run_id = secrets.token_hex(4)
     with httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=300) as http:
         for question in questions:
             try:
-                # One end user per question: the bank's refusals must not suspend it.
-                body = {"input": question.question, "user": f"compliance-bank:{question.id}"}
+                # One end user per question and run: the bank's refusals must not suspend it.
+                user = f"compliance-bank:{run_id}:{question.id}"
+                body = {"input": question.question, "user": user}
                 response = http.post(endpoint, json=body)
             except httpx.HTTPError as exc:
                 raise fail(f"cannot reach {url}: {exc}") from None

@@ -5,14 +5,18 @@ another replica takes effect within that time."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
+from inhouse.errors import EngineUnavailableError
 from inhouse.flows.runner import CompiledFlow
 from inhouse.flows.step_registry import StepRegistry
 from inhouse.flows.store import FlowStore
 
 _MAX_CACHED = 10_000
+
+log = logging.getLogger(__name__)
 
 
 class PublishedFlows:
@@ -37,8 +41,9 @@ class PublishedFlows:
             return cached[0]
         previous = cached[0] if cached is not None else None
         compiled = await asyncio.to_thread(self._load, tenant_id, name, previous)
+        self._cache.pop(key, None)
         if len(self._cache) >= _MAX_CACHED:
-            self._cache.clear()
+            self._cache.pop(next(iter(self._cache)))  # the least recently loaded
         self._cache[key] = (compiled, self._clock() + self._ttl)
         return compiled
 
@@ -51,4 +56,10 @@ class PublishedFlows:
             return None
         if previous is not None and previous.version == found.version:
             return previous  # unchanged: keep the steps already built
-        return CompiledFlow(found.spec, self._registry, version=found.version)
+        try:
+            return CompiledFlow(found.spec, self._registry, version=found.version)
+        except Exception as exc:  # a lexicon file gone since apply, a plug-in missing ...
+            log.error("flow %s version %d cannot be built: %s", name, found.version, exc)
+            raise EngineUnavailableError(
+                f"flow {name!r} cannot run now; the gateway's log says why"
+            ) from None

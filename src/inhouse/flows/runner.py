@@ -5,14 +5,17 @@ the steps' own cost is what ``bench/flows.py`` measures.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from inhouse.errors import InvalidRequestError
-from inhouse.flows.context import FlowContext, Stage, Step, StepTrace
+from inhouse.flows.context import Block, FlowContext, Stage, Step, StepTrace
 from inhouse.flows.spec import FlowSpec
 from inhouse.flows.step_registry import StepRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -78,11 +81,20 @@ class CompiledFlow:
         return run
 
 
+STEP_FAILED = "The request could not be processed: a processing step failed."
+
+
 def _run_steps(steps: list[Step], run: FlowRun, stage: Stage) -> None:
     context = run.context
     for step in steps:
         started = time.perf_counter_ns()
-        step.run(context)
+        try:
+            step.run(context)
+        except Exception as exc:
+            # The exception's text may quote the user's input: only its type is logged.
+            log.error("flow step %s failed (%s); the request is refused", step.name,
+                      type(exc).__name__)  # fmt: skip
+            context.blocked = Block(step.name, "step_error", STEP_FAILED)
         elapsed = (time.perf_counter_ns() - started) / 1000
         decision = "blocked" if context.blocked is not None else context.decision
         run.trace.append(StepTrace(step.name, stage, elapsed, decision, context.decision_details))

@@ -73,11 +73,14 @@ class ModelSpec(BaseModel):
     @classmethod
     def _template_names(cls, template: str) -> str:
         try:
-            names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+            fields = [f for f in string.Formatter().parse(template) if f[1] is not None]
         except ValueError as exc:
             raise ValueError(f"template: {exc}") from None
-        if any(not name.isidentifier() for name in names):
-            raise ValueError("template: use plain {names} (letters, digits, '_')")
+        for _, name, spec, conversion in fields:
+            # Plain {name} only: a format spec ({input:>999999999}) or a conversion could
+            # allocate without bound or fail on the request.
+            if not (name and name.isidentifier()) or spec or conversion:
+                raise ValueError("template: use plain {names} (letters, digits, '_')")
         return template
 
     @property

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.flows.runner import CompiledFlow
 from inhouse.flows.spec import FlowSpec, validate_spec
 from inhouse.flows.step_registry import StepRegistry
 from inhouse.security.audit import AuditEvent, AuditLog
@@ -53,6 +54,7 @@ class FlowStore:
     def apply(self, tenant_name: str, data: dict[str, Any], *, actor: str) -> FlowVersion:
         """Validate, store as the next version, publish."""
         spec = validate_spec(data, self._registry)
+        CompiledFlow(spec, self._registry)  # it must build now: lexicon files exist, ...
         document = spec.model_dump_json(exclude_defaults=False)
         for _ in range(5):  # two applies at once: one gets the next number
             try:

@@ -10,9 +10,11 @@ live in the database, so every gateway replica applies them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 
 from inhouse.config import FlowSettings
@@ -20,6 +22,13 @@ from inhouse.errors import PermissionDeniedError
 from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.store.db import Database
 from inhouse.store.tables import FlowViolationRow, utcnow
+
+
+def stored_subject(subject: str) -> str:
+    """A user id as stored: long ones (the column holds 256) by their SHA-256."""
+    if len(subject) <= 200:
+        return subject
+    return "sha256:" + hashlib.sha256(subject.encode()).hexdigest()
 
 
 def _aware(moment: datetime) -> datetime:
@@ -42,6 +51,7 @@ class ViolationCounter:
 
     def check(self, tenant_id: str, subject: str) -> None:
         """Raise 403 ``user_suspended`` while the subject is suspended."""
+        subject = stored_subject(subject)
         with self._db.session() as session:
             row = session.get(FlowViolationRow, (tenant_id, subject))
             until = row.suspended_until if row is not None else None
@@ -55,6 +65,7 @@ class ViolationCounter:
 
     def record(self, tenant_id: str, subject: str, *, blocked: bool) -> None:
         """Count one input: blocked or not. Only writes when something changes."""
+        subject = stored_subject(subject)
         for attempt in range(3):
             try:
                 self._record(tenant_id, subject, blocked)
@@ -65,41 +76,64 @@ class ViolationCounter:
 
     def _record(self, tenant_id: str, subject: str, blocked: bool) -> None:
         now = self._clock()
-        suspended: tuple[int, int] | None = None
+        today = now.date()
+        key = (FlowViolationRow.tenant_id == tenant_id) & (FlowViolationRow.subject == subject)
         with self._db.session() as session:
-            row = session.get(FlowViolationRow, (tenant_id, subject), with_for_update=True)
             if not blocked:
-                if row is not None and row.in_a_row:
-                    row.in_a_row = 0
+                session.execute(
+                    update(FlowViolationRow)
+                    .where(key, FlowViolationRow.in_a_row > 0)
+                    .values(in_a_row=0)
+                    .execution_options(synchronize_session=False)
+                )
                 return
-            if row is None:
-                row = FlowViolationRow(
-                    tenant_id=tenant_id, subject=subject, in_a_row=0, day=now.date(), on_day=0
+            # Counted in the database, in one statement: concurrent requests (threads,
+            # replicas) never lose a count.
+            counted = session.execute(
+                update(FlowViolationRow)
+                .where(key)
+                .values(
+                    in_a_row=FlowViolationRow.in_a_row + 1,
+                    on_day=case(
+                        (FlowViolationRow.day == today, FlowViolationRow.on_day + 1), else_=1
+                    ),
+                    day=today,
                 )
-                session.add(row)
-            if row.day != now.date():
-                row.day, row.on_day = now.date(), 0
-            row.in_a_row += 1
-            row.on_day += 1
-            settings = self._settings
-            if (
-                row.in_a_row >= settings.violations_in_a_row
-                or row.on_day >= settings.violations_per_day
-            ):
-                row.suspended_until = now + timedelta(minutes=settings.suspension_minutes)
-                suspended = (row.in_a_row, row.on_day)
-                row.in_a_row = 0
-        if suspended is not None:
-            self._audit.record(
-                AuditEvent(
-                    "system",
-                    "flow.user_suspend",
-                    tenant_id,
-                    target=f"user:{subject}",
-                    details={
-                        "in_a_row": suspended[0],
-                        "today": suspended[1],
-                        "minutes": self._settings.suspension_minutes,
-                    },
-                )
+                .execution_options(synchronize_session=False)
             )
+            if counted.rowcount == 0:  # type: ignore[attr-defined]
+                session.add(
+                    FlowViolationRow(
+                        tenant_id=tenant_id, subject=subject, in_a_row=1, day=today, on_day=1
+                    )
+                )
+                session.flush()
+            row = session.execute(
+                select(FlowViolationRow.in_a_row, FlowViolationRow.on_day).where(key)
+            ).one()
+            in_a_row, on_day = int(row[0]), int(row[1])
+            settings = self._settings
+            if in_a_row < settings.violations_in_a_row and on_day < settings.violations_per_day:
+                return
+            session.execute(
+                update(FlowViolationRow)
+                .where(key)
+                .values(
+                    suspended_until=now + timedelta(minutes=settings.suspension_minutes),
+                    in_a_row=0,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        self._audit.record(
+            AuditEvent(
+                "system",
+                "flow.user_suspend",
+                tenant_id,
+                target=f"user:{subject}",
+                details={
+                    "in_a_row": in_a_row,
+                    "today": on_day,
+                    "minutes": self._settings.suspension_minutes,
+                },
+            )
+        )

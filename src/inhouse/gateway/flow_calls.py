@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -21,15 +22,17 @@ import orjson
 from inhouse.errors import InvalidRequestError, NotFoundError, UpstreamError
 from inhouse.flows.published import PublishedFlows
 from inhouse.flows.runner import CompiledFlow, FlowRun
+from inhouse.flows.spec import FLOW_NAME
 from inhouse.flows.violations import ViolationCounter
 from inhouse.gateway.protocol import ChatCompletionRequest, TextPart
 from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.tenancy.models import Principal
 
 FLOW_PREFIX = "flow:"
 
-Generate = Callable[[Principal, ChatCompletionRequest], Awaitable[Reply]]
+Generate = Callable[[Principal, ChatCompletionRequest], Coroutine[Any, Any, Reply]]
 
 
 def last_user_text(request: ChatCompletionRequest) -> str:
@@ -51,60 +54,149 @@ def _variables(request: ChatCompletionRequest) -> dict[str, str]:
     return {str(k): v for k, v in raw.items()}
 
 
-async def answer(
-    flows: PublishedFlows,
-    generate: Generate,
-    principal: Principal,
-    request: ChatCompletionRequest,
-    *,
-    request_id: str,
-    trace: bool,
-    metrics: GatewayMetrics | None = None,
-    violations: ViolationCounter | None = None,
-) -> Reply:
-    name = request.model.removeprefix(FLOW_PREFIX)
-    flow = await flows.get(principal.tenant_id, name)
-    if flow is None:
-        raise NotFoundError(
-            f"The model '{request.model}' does not exist or you do not have access to it.",
-            param="model",
-            code="model_not_found",
+class FlowCalls:
+    """Everything a flow request needs besides the generation itself."""
+
+    def __init__(
+        self,
+        flows: PublishedFlows,
+        *,
+        violations: ViolationCounter | None = None,
+        audit: AuditLog | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.flows = flows
+        self.violations = violations
+        self.audit = audit
+        self.metrics = metrics
+
+    async def answer(
+        self,
+        generate: Generate,
+        principal: Principal,
+        request: ChatCompletionRequest,
+        *,
+        request_id: str,
+        trace: bool,
+    ) -> Reply:
+        name = request.model.removeprefix(FLOW_PREFIX)
+        flow = await self.flows.get(principal.tenant_id, name) if FLOW_NAME.match(name) else None
+        if flow is None:
+            raise NotFoundError(
+                f"The model '{request.model}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        subject = request.user or principal.key_id
+        if self.violations is not None:
+            await asyncio.to_thread(self.violations.check, principal.tenant_id, subject)
+        # Steps run in a worker thread: a long input must not hold up the event loop.
+        run = await asyncio.to_thread(
+            flow.start, last_user_text(request), user=request.user, variables=_variables(request)
         )
-    subject = request.user or principal.key_id
-    if violations is not None:
-        await asyncio.to_thread(violations.check, principal.tenant_id, subject)
-    run = flow.start(last_user_text(request), user=request.user, variables=_variables(request))
-    if violations is not None:
-        await asyncio.to_thread(
-            violations.record, principal.tenant_id, subject, blocked=run.blocked
-        )
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    finish_reason = "content_filter"
-    if not run.blocked:
-        model_reply = await generate(principal, _model_request(flow, run, request))
-        if not isinstance(model_reply, JsonReply):
-            raise UpstreamError("the flow's model answered with a stream")
-        answer_body = orjson.loads(model_reply.body)
-        usage = answer_body.get("usage") or usage
-        choice = answer_body["choices"][0]
-        finish_reason = choice.get("finish_reason") or "stop"
-        flow.finish(run, choice["message"]["content"] or "")
+        if self.violations is not None:
+            await asyncio.to_thread(
+                self.violations.record, principal.tenant_id, subject, blocked=run.blocked
+            )
+        answer = _Answer()
         if run.blocked:
-            finish_reason = "content_filter"
-    if metrics is not None:
-        for step in run.trace:
-            metrics.observe_flow_step(name, step.step, step.micros / 1e6, step.decision)
-    body = _completion(request, request_id, flow, run, usage, finish_reason, trace)
-    if request.stream:
-        return StreamReply(_as_stream(body, request.include_usage_in_stream), request_id)
-    return JsonReply(orjson.dumps(body), request_id)
+            await self._audit_block(principal, name, run, subject)
+        else:
+            first = await generate(principal, _model_request(flow, run.messages, request))
+            output = answer.take(first)
+            loop = asyncio.get_running_loop()
+
+            def regenerate(instruction: str) -> str:
+                """For a post step (json repair): ask the model once more, from its thread."""
+                messages = [
+                    *run.messages,
+                    {"role": "assistant", "content": output},
+                    {"role": "user", "content": instruction},
+                ]
+                call = generate(principal, _model_request(flow, messages, request))
+                return answer.take(asyncio.run_coroutine_threadsafe(call, loop).result())
+
+            await asyncio.to_thread(flow.finish, run, output, regenerate=regenerate)
+        if self.metrics is not None:
+            for step in run.trace:
+                self.metrics.observe_flow_step(
+                    principal.tenant_name, name, step.step, step.micros / 1e6, step.decision
+                )
+        body = _completion(request, request_id, flow, run, answer, trace)
+        if request.stream:
+            return StreamReply(_as_stream(body, request.include_usage_in_stream), request_id)
+        return JsonReply(orjson.dumps(body), request_id)
+
+    async def _audit_block(
+        self, principal: Principal, name: str, run: FlowRun, subject: str
+    ) -> None:
+        """A refused input is audited (category, never content): no model was called."""
+        blocked = run.context.blocked
+        if self.audit is None or blocked is None:
+            return
+        event = AuditEvent(
+            principal.key_id,
+            "flow.block",
+            principal.tenant_id,
+            target=f"flow:{name}",
+            outcome="denied",
+            details={"step": blocked.step, "category": blocked.category, "user": subject[:256]},
+        )
+        await asyncio.to_thread(self.audit.record, event)
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What the model answered, over the first call and a repair: usage adds up."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "content_filter"
+    request_ids: list[str] = field(default_factory=list)
+
+    def take(self, reply: Reply) -> str:
+        if not isinstance(reply, JsonReply):
+            raise UpstreamError("the flow's model answered with a stream")
+        try:
+            body = orjson.loads(reply.body)
+            choice = body["choices"][0]
+            content = choice["message"].get("content") or ""
+            usage = body.get("usage") or {}
+            prompt, completion = (
+                int(usage.get("prompt_tokens", 0)),
+                int(usage.get("completion_tokens", 0)),
+            )
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ):
+            raise UpstreamError("the flow's model answered in an unexpected shape") from None
+        if not isinstance(content, str):
+            raise UpstreamError("the flow's model answered with content that is not text")
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.finish_reason = str(choice.get("finish_reason") or "stop")
+        self.request_ids.append(reply.request_id)
+        return content
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
 
 
 def _model_request(
-    flow: CompiledFlow, run: FlowRun, request: ChatCompletionRequest
+    flow: CompiledFlow, messages: list[dict[str, str]], request: ChatCompletionRequest
 ) -> ChatCompletionRequest:
     model = flow.spec.model
-    fields: dict[str, Any] = {"model": model.alias, "messages": run.messages, "stream": False}
+    fields: dict[str, Any] = {"model": model.alias, "messages": messages, "stream": False}
     for name in ("temperature", "top_p", "max_tokens"):
         value = getattr(model, name)
         if value is not None:
@@ -119,11 +211,11 @@ def _completion(
     request_id: str,
     flow: CompiledFlow,
     run: FlowRun,
-    usage: dict[str, Any],
-    finish_reason: str,
+    answer: _Answer,
     trace: bool,
 ) -> dict[str, Any]:
     context = run.context
+    finish_reason = "content_filter" if context.blocked is not None else answer.finish_reason
     text = context.blocked.message if context.blocked is not None else context.text
     inhouse: dict[str, Any] = {
         "flow": flow.spec.name,
@@ -132,6 +224,7 @@ def _completion(
         if context.blocked is None
         else {"step": context.blocked.step, "category": context.blocked.category},
         "flags": context.flags,
+        "model_request_ids": answer.request_ids,
         **context.metadata,
     }
     if trace:
@@ -158,7 +251,7 @@ def _completion(
                 "logprobs": None,
             }
         ],
-        "usage": usage,
+        "usage": answer.usage,
         "inhouse": inhouse,
     }
 

@@ -10,11 +10,10 @@ from functools import partial
 
 from inhouse.engine.base import Priority, TokenUsage
 from inhouse.errors import InhouseError
-from inhouse.flows.published import PublishedFlows
-from inhouse.flows.violations import ViolationCounter
 from inhouse.gateway import flow_calls, local_calls, remote_calls
 from inhouse.gateway.admission import Admission, GenerationCall
 from inhouse.gateway.engines import EnginePool
+from inhouse.gateway.flow_calls import FlowCalls
 from inhouse.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -106,12 +105,10 @@ class Gateway:
         metrics: GatewayMetrics,
         admission: Admission | None = None,
         clock: Callable[[], float] = time.perf_counter,
-        flows: PublishedFlows | None = None,
-        violations: ViolationCounter | None = None,
+        flows: FlowCalls | None = None,
     ) -> None:
         self.engines = engines
         self.flows = flows
-        self.violations = violations
         self.recorder = recorder
         self.metrics = metrics
         self.admission = admission
@@ -134,15 +131,12 @@ class Gateway:
         self, principal: Principal, request: ChatCompletionRequest, *, trace: bool = False
     ) -> Reply:
         if self.flows is not None and request.model.startswith(flow_calls.FLOW_PREFIX):
-            return await flow_calls.answer(
-                self.flows,
+            return await self.flows.answer(
                 self.chat,
                 principal,
                 request,
                 request_id=self.request_ids.next("chatcmpl"),
                 trace=trace,
-                metrics=self.metrics,
-                violations=self.violations,
             )
         return await self._answer(principal, request, CHAT_ENDPOINT)
 

@@ -12,6 +12,7 @@ from inhouse.flows.violations import ViolationCounter
 from inhouse.gateway.admission import Admission
 from inhouse.gateway.control import Control, open_control
 from inhouse.gateway.engines import EnginePool
+from inhouse.gateway.flow_calls import FlowCalls
 from inhouse.gateway.periodic import Periodic
 from inhouse.gateway.service import Gateway
 from inhouse.monitor.metrics import GatewayMetrics
@@ -101,12 +102,16 @@ def build_services(settings: Settings) -> Services:
             recorder,
             metrics,
             admission,
-            flows=PublishedFlows(
-                control.flows,
-                default_registry(),
-                ttl_seconds=settings.gateway.registry_refresh_seconds,
+            flows=FlowCalls(
+                PublishedFlows(
+                    control.flows,
+                    default_registry(),
+                    ttl_seconds=settings.gateway.registry_refresh_seconds,
+                ),
+                violations=ViolationCounter(control.db, control.audit, settings.flows),
+                audit=control.audit,
+                metrics=metrics,
             ),
-            violations=ViolationCounter(control.db, control.audit, settings.flows),
         ),
         login_throttle=LoginThrottle(settings.auth.login_attempts_per_minute),
         housekeeping=(

@@ -37,20 +37,22 @@ class GatewayMetrics:
         self._step_seconds = Histogram(
             "inhouse_flow_step_duration_seconds",
             "Time of one flow step on one request, by flow and step.",
-            ["flow", "step"],
+            ["tenant", "flow", "step"],
             buckets=STEP_BUCKETS,
             registry=self.registry,
         )
         self._step_decisions = Counter(
             "inhouse_flow_step_decisions",
             "What flow steps decided (pass, masked, changed, flagged, blocked ...).",
-            ["flow", "step", "decision"],
+            ["tenant", "flow", "step", "decision"],
             registry=self.registry,
         )
 
-    def observe_flow_step(self, flow: str, step: str, seconds: float, decision: str) -> None:
-        self._step_seconds.labels(flow, step).observe(seconds)
-        self._step_decisions.labels(flow, step, decision).inc()
+    def observe_flow_step(
+        self, tenant: str, flow: str, step: str, seconds: float, decision: str
+    ) -> None:
+        self._step_seconds.labels(tenant, flow, step).observe(seconds)
+        self._step_decisions.labels(tenant, flow, step, decision).inc()
 
     def observe(
         self,

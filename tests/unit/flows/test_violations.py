@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -72,3 +74,20 @@ def test_an_accepted_input_resets_the_run_but_five_a_day_still_suspend(
     counter.record(tenant, "u-1", blocked=True)  # the fifth of the day
     with pytest.raises(PermissionDeniedError):
         counter.check(tenant, "u-1")
+
+
+def test_concurrent_blocks_are_all_counted(
+    world: tuple[ViolationCounter, AuditLog, Clock, str],
+) -> None:
+    counter, audit, _, tenant = world
+    barrier = threading.Barrier(6)
+
+    def block(_: int) -> None:
+        barrier.wait()
+        counter.record(tenant, "u-race", blocked=True)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(block, range(6)))
+    with pytest.raises(PermissionDeniedError):  # 3 in a row reached, however they raced
+        counter.check(tenant, "u-race")
+    assert any(e.action == "flow.user_suspend" for e in audit.entries())
