@@ -18,6 +18,7 @@ from rich.table import Table
 from inhouse.config import Settings, load_settings
 from inhouse.errors import InhouseError
 from inhouse.gateway.control import Control, open_control
+from inhouse.validation import first_problem
 
 # Piped output is read by scripts: never wrap or fold it at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 1000)
@@ -35,9 +36,8 @@ def settings_or_exit() -> Settings:
     except InhouseError as exc:
         raise fail(exc.message) from None
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise fail(f"invalid configuration {where}: {first['msg']}") from None
+        where, what = first_problem(exc)
+        raise fail(f"invalid configuration {where}: {what}") from None
 
 
 def configure_logging(settings: Settings) -> None:

@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inhouse.errors import InvalidRequestError
+from inhouse.validation import first_problem
 
 DEFAULT_REFUSAL_MARKERS = (
     "抱歉",
@@ -65,9 +66,8 @@ def load_bank(path: Path) -> list[BankQuestion]:
         try:
             questions.append(BankQuestion.model_validate_json(line))
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"]) or "line"
-            raise InvalidRequestError(f"{path}:{number}: {where}: {first['msg']}") from None
+            where, what = first_problem(exc)
+            raise InvalidRequestError(f"{path}:{number}: {where or 'line'}: {what}") from None
     if not questions:
         raise InvalidRequestError(f"the bank {path} holds no questions")
     return questions

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inhouse.errors import InvalidRequestError
 from inhouse.flows.context import Stage, StepOptions
 from inhouse.flows.step_registry import StepRegistry
+from inhouse.validation import first_problem
 
 FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_STEPS = 32
@@ -111,9 +112,8 @@ def validate_spec(data: dict[str, Any], registry: StepRegistry) -> FlowSpec:
     try:
         spec = FlowSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise InvalidRequestError(f"{where}: {first['msg']}", param=where or None) from None
+        where, what = first_problem(exc)
+        raise InvalidRequestError(f"{where}: {what}", param=where or None) from None
     for stage, steps in ((Stage.PRE, spec.pre), (Stage.POST, spec.post)):
         for index, step in enumerate(steps):
             registry.options(step.type, step.options, stage, where=f"{stage.value}.{index}")

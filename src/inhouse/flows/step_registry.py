@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from inhouse.errors import InvalidRequestError
 from inhouse.flows.context import Stage, Step, StepOptions, StepType
+from inhouse.validation import first_problem
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,9 @@ class StepRegistry:
         try:
             return step_type.options.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            field = ".".join(str(part) for part in first["loc"])
+            field, what = first_problem(exc)
             raise InvalidRequestError(
-                f"{where}.options.{field}: {first['msg']}", param=f"{where}.options"
+                f"{where}.options.{field}: {what}", param=f"{where}.options"
             ) from None
 
     def build(self, type_name: str, raw: dict[str, Any], stage: Stage, *, where: str) -> Step:
