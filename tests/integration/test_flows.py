@@ -62,6 +62,23 @@ def ask(server: InhouseProcess, key: str) -> openai.types.chat.ChatCompletion:
     )
 
 
+def apply_and_wait(server: InhouseProcess, key: str, spec: Path, name: str) -> None:
+    """Apply a flow with the CLI, then wait until the running gateway answers with it."""
+    server.cli("flows", "apply", str(spec), "--tenant", "bank")
+    deadline = time.monotonic() + 10
+    while (
+        httpx.post(
+            f"{server.base_url}/v1/flows/{name}/run",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"input": "ping", "user": "probe"},
+            timeout=30,
+        ).status_code
+        == 404
+    ):
+        assert time.monotonic() < deadline, f"flow {name} not seen within 10 s"
+        time.sleep(0.3)
+
+
 def test_a_published_flow_answers_through_the_openai_client(
     setup: tuple[InhouseProcess, FakeUpstream, str, Path],
 ) -> None:
@@ -172,14 +189,10 @@ def test_the_sample_bank_passes_the_guarded_flow_as_a_release_gate(
     spec = spec.replace("alias: smollm2-135m-instruct", "alias: center")
     spec = spec.replace("examples/compliance/lexicon.yaml", str(examples / "lexicon.yaml"))
     (directory / "guarded.yaml").write_text(spec)
-    server.cli("flows", "apply", str(directory / "guarded.yaml"), "--tenant", "bank")
+    apply_and_wait(server, key, directory / "guarded.yaml", "guarded")
     args = ["compliance", "test", str(examples / "bank.jsonl"), "--flow", "guarded"]
     args += ["--url", server.base_url, "--key", key]
-    deadline = time.monotonic() + 10
-    while (result := server.cli(*args, "--json", check=False)).returncode != 0:
-        assert "404" in result.stderr or "FAIL" in result.stdout, result.stderr
-        assert time.monotonic() < deadline, result.stdout + result.stderr
-        time.sleep(0.5)  # until the gateway sees the new flow
+    result = server.cli(*args, "--json")
     report = json.loads(result.stdout)
     assert report["passed"] and report["failures"] == []
     rates = {(c["expect"], c["category"]): c["rate"] for c in report["categories"]}
@@ -213,7 +226,7 @@ def test_an_end_user_whose_inputs_keep_being_blocked_is_suspended(
         "name: strict\nmodel: {alias: center}\n"
         "pre: [{type: terms, options: {terms: {gambling: {action: block, terms: [网络赌博]}}}}]\n"
     )
-    server.cli("flows", "apply", str(strict), "--tenant", "bank")
+    apply_and_wait(server, key, strict, "strict")
 
     def run(text: str, user: str) -> httpx.Response:
         return httpx.post(
@@ -223,10 +236,6 @@ def test_an_end_user_whose_inputs_keep_being_blocked_is_suspended(
             timeout=30,
         )
 
-    deadline = time.monotonic() + 10
-    while run("hello", "u-ok").status_code == 404:  # until the gateway sees the flow
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
     for _ in range(3):
         assert run("推荐 网 络 赌 博 平台", "u-9").json()["blocked"]["category"] == "gambling"
     refused = run("hello", "u-9")
@@ -247,20 +256,14 @@ def test_a_json_flow_asks_the_model_once_more_then_refuses(
         "name: structured\nmodel: {alias: center}\n"
         "post: [{type: json, options: {schema: {type: object, required: [answer]}}}]\n"
     )
-    server.cli("flows", "apply", str(spec), "--tenant", "bank")
-    deadline = time.monotonic() + 10
-    while True:
-        before = len(upstream.received)
-        response = httpx.post(
-            f"{server.base_url}/v1/flows/structured/run",
-            headers={"Authorization": f"Bearer {key}"},
-            json={"input": "answer in JSON"},
-            timeout=30,
-        )
-        if response.status_code != 404:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
+    apply_and_wait(server, key, spec, "structured")
+    before = len(upstream.received)
+    response = httpx.post(
+        f"{server.base_url}/v1/flows/structured/run",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"input": "answer in JSON"},
+        timeout=30,
+    )
     result = response.json()
     # The fake model answers prose twice: the first answer and the one repair attempt.
     assert len(upstream.received) - before == 2

@@ -29,6 +29,7 @@ from inhouse.api.admin_schemas import (
     UsageRowOut,
 )
 from inhouse.api.deps import ServicesDep
+from inhouse.gateway.services import Services
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.permissions import (
     Permission,
@@ -163,12 +164,7 @@ def usage(
     until: Annotated[date | None, Query(description="last day, UTC, inclusive")] = None,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> UsageReport | Response:
-    tenant_id: str | None = principal.tenant_id
-    if tenant is not None:
-        scope_tenant(principal, tenant)
-        tenant_id = services.control.tenants.get_tenant(tenant).id
-    elif sees_all_tenants(principal):
-        tenant_id = None
+    tenant_id = _listed_tenant(services, principal, tenant)
     group_by = tuple(by or (Grouping.DAY,))
     lines = usage_report(
         services.control.db,
@@ -188,13 +184,17 @@ def audit(
     until: Annotated[datetime | None, Query(description="to this moment, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> AuditList:
-    tenant_id: str | None = principal.tenant_id
-    if tenant is not None:
-        scope_tenant(principal, tenant)
-        tenant_id = services.control.tenants.get_tenant(tenant).id
-    elif sees_all_tenants(principal):
-        tenant_id = None
+    tenant_id = _listed_tenant(services, principal, tenant)
     entries = services.control.audit.entries(
         tenant_id=tenant_id, since=since, until=until, limit=limit
     )
     return AuditList(data=[AuditEntryOut(**e.as_dict()) for e in entries])
+
+
+def _listed_tenant(services: Services, principal: Principal, tenant: str | None) -> str | None:
+    """Whose rows a listing shows: the named tenant (if in scope), else the caller's own;
+    the platform tenant's callers see every tenant's (None) when they name none."""
+    if tenant is not None:
+        scope_tenant(principal, tenant)
+        return services.control.tenants.get_tenant(tenant).id
+    return None if sees_all_tenants(principal) else principal.tenant_id

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from inhouse.store.tables import as_utc
 from inhouse.tenancy.models import ApiKeyInfo, Role, Tenant
 from inhouse.tenancy.quotas import PriorityClass, Quota
 
@@ -24,12 +25,7 @@ Text = Annotated[str, AfterValidator(_storable)]
 """A string the API stores or looks up: names, and ids in paths and queries."""
 
 
-def _in_utc(value: datetime) -> datetime:
-    # The store writes UTC; SQLite gives it back without the zone.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
+Timestamp = Annotated[datetime, AfterValidator(as_utc)]
 """A moment, always with its zone (RFC 3339, as the document says)."""
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field
 
 from inhouse.flows.context import Block, FlowContext, Stage, StepOptions, StepType
-from inhouse.flows.pii import PiiKind, mask
+from inhouse.flows.pii import PiiKind, mask, restore
 
 _PRE = frozenset({Stage.PRE})
 _POST = frozenset({Stage.POST})
@@ -64,9 +64,7 @@ class PiiRestoreStep:
     def run(self, context: FlowContext) -> None:
         if not context.pii:
             return
-        restored = context.text
-        for placeholder, original in context.pii.items():
-            restored = restored.replace(placeholder, original)
+        restored = restore(context.text, context.pii)
         if restored != context.text:
             context.text = restored
             context.decision = "changed"

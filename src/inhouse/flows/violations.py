@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
@@ -21,7 +21,7 @@ from inhouse.config import FlowSettings
 from inhouse.errors import PermissionDeniedError
 from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.store.db import Database
-from inhouse.store.tables import FlowViolationRow, utcnow
+from inhouse.store.tables import FlowViolationRow, as_utc, utcnow
 
 
 def stored_subject(subject: str) -> str:
@@ -29,10 +29,6 @@ def stored_subject(subject: str) -> str:
     if len(subject) <= 200:
         return subject
     return "sha256:" + hashlib.sha256(subject.encode()).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class ViolationCounter:
@@ -55,9 +51,9 @@ class ViolationCounter:
         with self._db.session() as session:
             row = session.get(FlowViolationRow, (tenant_id, subject))
             until = row.suspended_until if row is not None else None
-        if until is not None and _aware(until) > self._clock():
+        if until is not None and as_utc(until) > self._clock():
             raise PermissionDeniedError(
-                f"This user is suspended until {_aware(until).isoformat(timespec='seconds')} "
+                f"This user is suspended until {as_utc(until).isoformat(timespec='seconds')} "
                 "after repeated inputs that were refused.",
                 param="user",
                 code="user_suspended",

@@ -7,7 +7,6 @@ admin command starts in a fraction of a second.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -60,9 +59,8 @@ class Control:
         """Append an admin action to the audit chain (metadata only, never secrets)."""
         self.audit.record(AuditEvent(actor, action, tenant_id, target, details=details))
 
-    def prune_audit(self, should_stop: Callable[[], bool] | None = None) -> int:
-        """Apply the audit retention period now; returns how many entries went.
-        (``should_stop`` is for the scheduler's signature; one prune is one statement.)"""
+    def prune_audit(self) -> int:
+        """Apply the audit retention period now; returns how many entries went."""
         days = self.settings.audit.retention_days
         return self.audit.prune(utcnow() - timedelta(days=days))
 

@@ -88,16 +88,19 @@ class FlowCalls:
                 code="model_not_found",
             )
         subject = request.user or principal.key_id
-        if self.violations is not None:
-            await asyncio.to_thread(self.violations.check, principal.tenant_id, subject)
-        # Steps run in a worker thread: a long input must not hold up the event loop.
-        run = await asyncio.to_thread(
-            flow.start, last_user_text(request), user=request.user, variables=_variables(request)
-        )
-        if self.violations is not None:
-            await asyncio.to_thread(
-                self.violations.record, principal.tenant_id, subject, blocked=run.blocked
-            )
+        text, variables = last_user_text(request), _variables(request)
+
+        def pre_process() -> FlowRun:
+            """In a worker thread, in one hop: the suspension check, the pre steps (a long
+            input must not hold up the event loop) and the violation count."""
+            if self.violations is not None:
+                self.violations.check(principal.tenant_id, subject)
+            started = flow.start(text, user=request.user, variables=variables)
+            if self.violations is not None:
+                self.violations.record(principal.tenant_id, subject, blocked=started.blocked)
+            return started
+
+        run = await asyncio.to_thread(pre_process)
         answer = _Answer()
         if run.blocked:
             await self._audit_block(principal, name, run, subject)

@@ -120,6 +120,10 @@ def build_services(settings: Settings) -> Services:
                 control.key_rotation.rotate_if_due,
                 settings.crypto.rotation_check_seconds,
             ),
-            Periodic("audit retention", control.prune_audit, settings.audit.prune_check_seconds),
+            Periodic(
+                "audit retention",
+                lambda _should_stop: control.prune_audit(),  # one statement: nothing to stop
+                settings.audit.prune_check_seconds,
+            ),
         ),
     )

@@ -37,7 +37,7 @@ from inhouse.security.envelope import DecryptionError, is_sealed
 from inhouse.security.keyring import Keyring
 from inhouse.security.sealed_columns import audit_details_context
 from inhouse.store.db import Database
-from inhouse.store.tables import AuditRow
+from inhouse.store.tables import AuditRow, as_utc
 
 GENESIS = "0" * 64
 """The previous hash of the first entry."""
@@ -96,8 +96,7 @@ class Verification:
 
 def _timestamp(moment: datetime) -> str:
     """One spelling of a moment, whatever the database hands back (SQLite drops the zone)."""
-    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return as_utc(moment).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def chain_key(server_secret: bytes) -> bytes:

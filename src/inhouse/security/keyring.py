@@ -13,7 +13,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -30,7 +30,7 @@ from inhouse.security.envelope import (
 )
 from inhouse.security.key_provider import MasterKey
 from inhouse.store.db import Database
-from inhouse.store.tables import DataKeyRow, utcnow
+from inhouse.store.tables import DataKeyRow, as_utc, utcnow
 
 _WRAP_PURPOSE = "data-key wrapping"
 
@@ -48,11 +48,6 @@ class DataKey:
 
     def age(self, now: datetime) -> timedelta:
         return now - self.created_at
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; all of them are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Keyring:
@@ -99,7 +94,7 @@ class Keyring:
                 f"version {row.version}: this is not the master key this store was "
                 f"encrypted with.{hint}"
             ) from None
-        return DataKey(row.version, algorithm, _aware(row.created_at), material)
+        return DataKey(row.version, algorithm, as_utc(row.created_at), material)
 
     def refresh(self) -> None:
         """Load data keys made since (by ``inhouse crypto rotate`` or another replica)."""

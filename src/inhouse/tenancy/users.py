@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ from inhouse.security.passwords import hash_password, verify_password
 from inhouse.security.sealed_columns import user_totp_context
 from inhouse.security.totp import matching_step, new_totp_secret, provisioning_uri
 from inhouse.store.db import Database
-from inhouse.store.tables import SessionRow, TenantRow, UserRow, utcnow
+from inhouse.store.tables import SessionRow, TenantRow, UserRow, as_utc, utcnow
 from inhouse.tenancy.models import Principal, Role
 from inhouse.tenancy.service import TenantService
 
@@ -45,10 +45,6 @@ _LOGIN_FAILED = "Incorrect username, password or one-time code."
 
 def looks_like_session_token(token: str) -> bool:
     return bool(_SESSION_SHAPE.match(token))
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +59,7 @@ class UserInfo:
     disabled: bool
 
     def locked(self, now: datetime) -> bool:
-        return self.locked_until is not None and _aware(self.locked_until) > now
+        return self.locked_until is not None and as_utc(self.locked_until) > now
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +226,8 @@ class UserService:
                     )
                 )
             info = self._info(row, found[1])
-            if row.locked_until is not None and _aware(row.locked_until) > now:
-                wait = (_aware(row.locked_until) - now).total_seconds()
+            if row.locked_until is not None and as_utc(row.locked_until) > now:
+                wait = (as_utc(row.locked_until) - now).total_seconds()
                 return _Outcome.denied(
                     _user_event(row.id, "auth.login", info, "denied", reason="locked"),
                     RateLimitError(
@@ -303,7 +299,7 @@ class UserService:
         if found is None:
             return None
         login, user, tenant = found
-        expires_at = _aware(login.expires_at)
+        expires_at = as_utc(login.expires_at)
         if expires_at <= now:
             return None
         return Principal(
