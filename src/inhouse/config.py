@@ -197,6 +197,28 @@ class FlowSettings(BaseModel):
     suspension_minutes: float = Field(default=60.0, gt=0.0)
 
 
+class FleetSettings(BaseModel):
+    """Remote nodes: how often their load is read, when one is ejected, retries."""
+
+    poll_interval_seconds: float = Field(default=2.0, gt=0.0)
+    poll_timeout_seconds: float = Field(default=2.0, gt=0.0)
+    registry_refresh_seconds: float = Field(default=2.0, gt=0.0)
+    failure_threshold: int = Field(
+        default=3, ge=1, description="consecutive failures (requests or polls) that eject a node"
+    )
+    cooldown_seconds: float = Field(
+        default=5.0, gt=0.0, description="how long an ejected node rests before a probe"
+    )
+    max_cooldown_seconds: float = Field(default=60.0, gt=0.0)
+    max_attempts: int = Field(
+        default=3, ge=1, description="nodes tried for one non-streaming request"
+    )
+    queue_timeout_seconds: float = Field(
+        default=30.0, gt=0.0, description="how long a request waits for a node with room"
+    )
+    max_queued_requests: int = Field(default=1024, ge=0)
+
+
 COMPLIANCE_MAX_ROTATION_DAYS = 7.0
 COMPLIANCE_MIN_RETENTION_DAYS = 180
 
@@ -236,6 +258,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     audit: AuditSettings = AuditSettings()
     flows: FlowSettings = FlowSettings()
+    fleet: FleetSettings = FleetSettings()
 
     @model_validator(mode="after")
     def _refuse_weak_settings_in_compliance_mode(self) -> Settings:

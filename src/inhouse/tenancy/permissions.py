@@ -30,6 +30,12 @@ class Permission(StrEnum):
     METRICS_READ = "metrics:read"
     SESSION_OWN = "session:own"
     """See who one is logged in as; log out."""
+    FLOWS_READ = "flows:read"
+    FLOWS_MANAGE = "flows:manage"
+    """Validate, test, apply (publish) and roll back the tenant's flows."""
+    NODES_READ = "nodes:read"
+    NODES_MANAGE = "nodes:manage"
+    """Register and remove fleet nodes (the platform's hardware)."""
 
 
 _READ_ONLY = frozenset(
@@ -41,12 +47,15 @@ _READ_ONLY = frozenset(
         Permission.AUDIT_READ,
         Permission.METRICS_READ,
         Permission.SESSION_OWN,
+        Permission.FLOWS_READ,
+        Permission.NODES_READ,
     }
 )
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.PLATFORM_ADMIN: frozenset(Permission) - {Permission.PUBLIC},
-    Role.TENANT_ADMIN: _READ_ONLY | {Permission.INFERENCE, Permission.KEYS_OWN},
+    Role.TENANT_ADMIN: _READ_ONLY
+    | {Permission.INFERENCE, Permission.KEYS_OWN, Permission.FLOWS_MANAGE},
     Role.DEVELOPER: frozenset(
         {
             Permission.INFERENCE,
@@ -55,13 +64,16 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.TENANTS_READ,
             Permission.QUOTAS_READ,
             Permission.SESSION_OWN,
+            Permission.FLOWS_READ,
         }
     ),
     Role.AUDITOR: _READ_ONLY,
 }
 
 # What only the platform tenant's principals may do, whatever their role says.
-_PLATFORM_ONLY = frozenset({Permission.METRICS_READ})
+_PLATFORM_ONLY = frozenset(
+    {Permission.METRICS_READ, Permission.NODES_READ, Permission.NODES_MANAGE}
+)
 
 
 def allowed(principal: Principal, permission: Permission) -> bool:
@@ -82,7 +94,15 @@ def authorize(principal: Principal, permission: Permission) -> None:
 
 
 # Changes that need a person's login (password + TOTP) when admin_requires_mfa is on.
-MFA_GUARDED = frozenset({Permission.TENANTS_MANAGE, Permission.QUOTAS_MANAGE, Permission.KEYS_OWN})
+MFA_GUARDED = frozenset(
+    {
+        Permission.TENANTS_MANAGE,
+        Permission.QUOTAS_MANAGE,
+        Permission.KEYS_OWN,
+        Permission.FLOWS_MANAGE,
+        Permission.NODES_MANAGE,
+    }
+)
 
 
 def authorize_without_mfa(principal: Principal, permission: Permission) -> None:
