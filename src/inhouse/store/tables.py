@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -210,3 +220,33 @@ class FlowViolationRow(Base):
     day: Mapped[date] = mapped_column(Date)
     on_day: Mapped[int] = mapped_column(Integer, default=0)
     suspended_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class NodeRow(Base):
+    """A fleet node: an ``inhouse node``, vLLM, or another OpenAI-compatible server."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    url: Mapped[str] = mapped_column(String(512), unique=True)
+    """The OpenAI base URL, ending in ``/v1``, never with credentials."""
+    tier: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    models: Mapped[str] = mapped_column(Text)
+    """JSON object: the model name callers use → the name the node knows it by."""
+    capacity: Mapped[int] = mapped_column(Integer)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cost_per_1k_tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    labels: Mapped[str] = mapped_column(Text, default="{}")
+    """JSON object of free-form labels."""
+    token_env: Mapped[str] = mapped_column(String(128))
+    """The gateway's environment variable holding the node's bearer token (never the token)."""
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    tenant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    registered_by: Mapped[str] = mapped_column(String(128))
+    """Who registered it: ``cli:<user>``, a key id, or ``node:<name>`` for self-registration."""
