@@ -1,0 +1,414 @@
+"""The node registry: the fleet's nodes in the store, validated, every change audited.
+
+Nodes come in three ways, all ending here: an operator's ``inhouse nodes add``, the
+admin API (``POST /admin/nodes``), and an ``inhouse node`` registering itself with the
+gateway (``register_self``, upserted by URL, repeated as a heartbeat).
+
+A node's bearer token is never stored: a node names the gateway's environment variable
+that holds it (``token_env``, by default ``INHOUSE_NODE_TOKEN``, the fleet's token), and
+``read_token`` is the one place that reads it. inhouse's own settings (``INHOUSE_*``)
+other than the node token and ``INHOUSE_UPSTREAM_*`` are refused as token variables, so
+that an operator cannot make the gateway send its own secrets to a node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.fleet.nodes import NodeKind, NodeSpec, Tier
+from inhouse.registry.models import ENV_VAR_NAME, MODEL_NAME
+from inhouse.security.api_keys import new_id
+from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.store.db import Database
+from inhouse.store.tables import NodeRow, TenantRow, utcnow
+
+NODE_TOKEN_ENV = "INHOUSE_NODE_TOKEN"
+"""The fleet's node token: what ``inhouse node`` requires and what the gateway sends."""
+
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+"""Like model names, without ``/``: a node's name is one segment of ``/admin/nodes/NAME``."""
+
+LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+MAX_CAPACITY = 1_000_000
+_MAX_BYTES = 2**63 - 1
+_MAX_URL = 512
+_MAX_NODE_MODEL = 256
+_MAX_LABEL_VALUE = 256
+_MAX_LABELS = 64
+
+
+def normalise_url(url: str) -> str:
+    """An http(s) URL with a host → the node's OpenAI base URL, ending in ``/v1``.
+
+    ``http://gpu-1:8000``, ``http://gpu-1:8000/`` and ``http://gpu-1:8000/v1/`` all give
+    ``http://gpu-1:8000/v1``; a path prefix (a reverse proxy's) is kept. Credentials,
+    queries and fragments are refused (a token belongs in an environment variable),
+    and error messages never repeat them.
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises on a port that is not a number
+    except ValueError:
+        raise InvalidRequestError(
+            "invalid URL: use http(s)://host[:port][/v1]", param="url"
+        ) from None
+    shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise InvalidRequestError(
+            f"invalid URL {shown!r}: use http(s)://host[:port][/v1]", param="url"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise InvalidRequestError(
+            "a node URL must not carry credentials: put the token in an environment "
+            "variable and name it with token_env",
+            param="url",
+        )
+    if parts.query or parts.fragment:
+        raise InvalidRequestError(
+            f"invalid URL {shown!r}...: no query or fragment (a token belongs in token_env)",
+            param="url",
+        )
+    if any(ch.isspace() or ord(ch) < 32 for ch in text):
+        raise InvalidRequestError("invalid URL: it contains spaces or control characters",
+                                  param="url")  # fmt: skip
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    netloc = f"{host}:{port}" if port is not None else host
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1"):
+        path += "/v1"
+    normalised = urlunsplit((parts.scheme.lower(), netloc, path, "", ""))
+    if len(normalised) > _MAX_URL:
+        raise InvalidRequestError(f"URL longer than {_MAX_URL} characters", param="url")
+    return normalised
+
+
+def default_name(url: str) -> str:
+    """``host-port`` of a node URL (``gpu-1-8000``), the name when none is given."""
+    parts = urlsplit(normalise_url(url))
+    host = (parts.hostname or "node").replace("[", "").replace("]", "")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{host}-{port}"[:128]
+
+
+def check_token_env(variable: str) -> str:
+    """The variable, if it may name a node's token; raises InvalidRequestError if not."""
+    if not ENV_VAR_NAME.match(variable) or len(variable) > 128:
+        raise InvalidRequestError(f"invalid variable name {variable!r}", param="token_env")
+    upper = variable.upper()
+    if (
+        upper.startswith("INHOUSE_")
+        and upper != NODE_TOKEN_ENV
+        and not upper.startswith("INHOUSE_UPSTREAM_")
+    ):
+        raise InvalidRequestError(
+            f"{variable} is one of inhouse's own settings and is never sent to a node; use "
+            f"{NODE_TOKEN_ENV}, an INHOUSE_UPSTREAM_* variable or one outside INHOUSE_*",
+            param="token_env",
+        )
+    return variable
+
+
+def read_token(token_env: str) -> str | None:
+    """The bearer token for a node, read from the gateway's environment; None when the
+    variable is unset or empty. The one place that reads node tokens."""
+    check_token_env(token_env)  # a value from the store is checked again before it is used
+    value = os.environ.get(token_env, "").strip()
+    return value or None
+
+
+def check_models(models: Mapping[str, str]) -> dict[str, str]:
+    """Public model name → the node's own name for it; at least one."""
+    if not models:
+        raise InvalidRequestError("a node serves at least one model", param="models")
+    checked: dict[str, str] = {}
+    for public, own in models.items():
+        if public.startswith("flow:") or not MODEL_NAME.match(public):
+            raise InvalidRequestError(
+                f"invalid model name {public!r}: 1-128 letters, digits or . _ : / -",
+                param="models",
+            )
+        own = own.strip() or public
+        if len(own) > _MAX_NODE_MODEL or any(ord(ch) < 32 for ch in own):
+            raise InvalidRequestError(f"invalid node model name {own!r}", param="models")
+        checked[public] = own
+    return checked
+
+
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    if len(labels) > _MAX_LABELS:
+        raise InvalidRequestError(f"at most {_MAX_LABELS} labels", param="labels")
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key):
+            raise InvalidRequestError(
+                f"invalid label {key!r}: 1-63 letters, digits or . _ / -", param="labels"
+            )
+        if len(value) > _MAX_LABEL_VALUE or any(ord(ch) < 32 for ch in value):
+            raise InvalidRequestError(f"invalid value of label {key!r}", param="labels")
+    return dict(labels)
+
+
+def _check_name(name: str) -> str:
+    if not NODE_NAME.match(name):
+        raise InvalidRequestError(
+            f"invalid node name {name!r}: 1-128 letters, digits or . _ : -", param="name"
+        )
+    return name
+
+
+def _check_capacity(capacity: int) -> int:
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise InvalidRequestError(
+            f"capacity must be 1 to {MAX_CAPACITY} sequences, not {capacity}", param="capacity"
+        )
+    return capacity
+
+
+def _check_memory(memory_bytes: int | None) -> int | None:
+    if memory_bytes is not None and not 0 < memory_bytes <= _MAX_BYTES:
+        raise InvalidRequestError("memory must be a positive number of bytes", param="memory")
+    return memory_bytes
+
+
+def _check_cost(cost: float) -> float:
+    if not math.isfinite(cost) or cost < 0:
+        raise InvalidRequestError(
+            "cost_per_1k_tokens must be a non-negative number", param="cost_per_1k_tokens"
+        )
+    return float(cost)
+
+
+def _spec(row: NodeRow) -> NodeSpec:
+    return NodeSpec(
+        id=row.id,
+        name=row.name,
+        url=row.url,
+        tier=Tier(row.tier),
+        kind=NodeKind(row.kind),
+        models=json.loads(row.models),
+        capacity=row.capacity,
+        memory_bytes=row.memory_bytes,
+        cost_per_1k_tokens=row.cost_per_1k_tokens,
+        labels=json.loads(row.labels),
+        token_env=row.token_env,
+        fallback=row.fallback,
+        tenant_id=row.tenant_id,
+    )
+
+
+def _tenant_id(session: Session, tenant: str | None) -> str | None:
+    if tenant is None:
+        return None
+    found = session.scalar(select(TenantRow.id).where(TenantRow.name == tenant))
+    if found is None:
+        raise NotFoundError(f"tenant {tenant!r} does not exist", param="tenant")
+    return found
+
+
+def _json(value: Mapping[str, str]) -> str:
+    return json.dumps(dict(value), ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a self-registering node reports: ``register_self``'s input."""
+
+    url: str
+    tier: Tier
+    models: Mapping[str, str]
+    capacity: int
+    memory_bytes: int | None = None
+    name: str | None = None
+
+
+class NodeRegistry:
+    """The fleet's nodes in the store. Every method raises an ``inhouse.errors`` error
+    (400 invalid, 404 unknown, 409 taken) on failure; none returns None for one."""
+
+    def __init__(self, db: Database, audit: AuditLog) -> None:
+        self._db = db
+        self._audit = audit
+
+    def add(
+        self,
+        url: str,
+        *,
+        tier: Tier | str,
+        kind: NodeKind | str,
+        models: Mapping[str, str],
+        actor: str,
+        name: str | None = None,
+        capacity: int = 16,
+        memory_bytes: int | None = None,
+        cost_per_1k_tokens: float = 0.0,
+        labels: Mapping[str, str] | None = None,
+        token_env: str = NODE_TOKEN_ENV,
+        fallback: bool = False,
+        tenant: str | None = None,
+    ) -> NodeSpec:
+        """Register a node (an operator's act, recorded as ``node.add``).
+
+        ``url`` is normalised to end in ``/v1``; ``name`` defaults to ``host-port``;
+        ``tenant`` (a tenant's name) makes the node that tenant's alone. Raises
+        InvalidRequestError, NotFoundError (tenant) or ConflictError (name or URL taken).
+        """
+        url = normalise_url(url)
+        now = utcnow()
+        row = NodeRow(
+            id=new_id("node"),
+            name=_check_name(name if name is not None else default_name(url)),
+            url=url,
+            tier=_enum(Tier, tier, "tier").value,
+            kind=_enum(NodeKind, kind, "kind").value,
+            models=_json(check_models(models)),
+            capacity=_check_capacity(capacity),
+            memory_bytes=_check_memory(memory_bytes),
+            cost_per_1k_tokens=_check_cost(cost_per_1k_tokens),
+            labels=_json(check_labels(labels or {})),
+            token_env=check_token_env(token_env),
+            fallback=fallback,
+            created_at=now,
+            updated_at=now,
+            registered_by=actor[:128],
+        )
+        try:
+            with self._db.session() as session:
+                row.tenant_id = _tenant_id(session, tenant)
+                self._refuse_taken(session, row.name, row.url)
+                session.add(row)
+        except IntegrityError:  # taken between the check and the insert
+            raise ConflictError(f"node {row.name!r} or its URL is already registered") from None
+        spec = _spec(row)
+        self._record(actor, "node.add", spec, kind=spec.kind.value, tier=spec.tier.value)
+        return spec
+
+    def list(self) -> list[NodeSpec]:
+        """Every node, oldest first."""
+        with self._db.session() as session:
+            rows = session.scalars(select(NodeRow).order_by(NodeRow.created_at, NodeRow.name))
+            return [_spec(row) for row in rows]
+
+    def get(self, name: str) -> NodeSpec:
+        with self._db.session() as session:
+            row = session.scalar(select(NodeRow).where(NodeRow.name == name))
+            if row is None:
+                raise NotFoundError(f"node {name!r} does not exist", param="name")
+            return _spec(row)
+
+    def remove(self, name: str, *, actor: str) -> NodeSpec:
+        """Remove a node (``node.remove``); gateways stop routing to it within a refresh."""
+        with self._db.session() as session:
+            row = session.scalar(select(NodeRow).where(NodeRow.name == name))
+            if row is None:
+                raise NotFoundError(f"node {name!r} does not exist", param="name")
+            spec = _spec(row)
+            session.delete(row)
+        self._record(actor, "node.remove", spec)
+        return spec
+
+    def register_self(self, registration: Registration) -> NodeSpec:
+        """A node registering itself (an ``inhouse node`` with the fleet's token): upsert
+        by URL. A new node is an ``inhouse`` node with the fleet token, named as given or
+        ``host-port``; a known one gets the reported models, capacity and memory (its
+        tier, name, labels and owner stay as first registered). Audited as
+        ``node.register`` when something changed; an unchanged heartbeat writes nothing.
+        """
+        url = normalise_url(registration.url)
+        tier = _enum(Tier, registration.tier, "tier")
+        models = _json(check_models(registration.models))
+        capacity = _check_capacity(registration.capacity)
+        memory = _check_memory(registration.memory_bytes)
+        name = _check_name(registration.name or default_name(url))
+        for _ in range(3):  # two replicas taking the first registration at once: retry
+            try:
+                with self._db.session() as session:
+                    row = session.scalar(select(NodeRow).where(NodeRow.url == url))
+                    if row is None:
+                        self._refuse_taken(session, name, url)
+                        now = utcnow()
+                        row = NodeRow(
+                            id=new_id("node"),
+                            name=name,
+                            url=url,
+                            tier=tier.value,
+                            kind=NodeKind.INHOUSE.value,
+                            models=models,
+                            capacity=capacity,
+                            memory_bytes=memory,
+                            cost_per_1k_tokens=0.0,
+                            labels="{}",
+                            token_env=NODE_TOKEN_ENV,
+                            fallback=False,
+                            created_at=now,
+                            updated_at=now,
+                            registered_by=f"node:{name}",
+                        )
+                        session.add(row)
+                        changes: dict[str, Any] = {"created": True}
+                    else:
+                        changes = _changes(row, models, capacity, memory)
+                        if changes:
+                            row.models, row.capacity, row.memory_bytes = models, capacity, memory
+                            row.updated_at = utcnow()
+                    spec = _spec(row)
+                break
+            except IntegrityError:
+                continue
+        else:
+            raise ConflictError(f"node {name!r} is being registered by someone else; retry")
+        if changes:
+            self._record(f"node:{spec.name}", "node.register", spec, **changes)
+        return spec
+
+    def token(self, spec: NodeSpec) -> str | None:
+        """The bearer token the gateway sends to ``spec`` (``read_token`` of its variable)."""
+        return read_token(spec.token_env)
+
+    def _refuse_taken(self, session: Session, name: str, url: str) -> None:
+        taken = session.scalar(select(NodeRow).where((NodeRow.name == name) | (NodeRow.url == url)))
+        if taken is None:
+            return
+        if taken.name == name:
+            raise ConflictError(f"node {name!r} already exists", param="name")
+        raise ConflictError(f"{url} is already registered as node {taken.name!r}", param="url")
+
+    def _record(self, actor: str, action: str, spec: NodeSpec, **details: Any) -> None:
+        details.setdefault("url", spec.url)
+        self._audit.record(AuditEvent(actor, action, spec.tenant_id, spec.name, details=details))
+
+
+def _changes(row: NodeRow, models: str, capacity: int, memory: int | None) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if row.models != models:
+        changes["models"] = sorted(json.loads(models))
+    if row.capacity != capacity:
+        changes["capacity"] = capacity
+    if row.memory_bytes != memory:
+        changes["memory_bytes"] = memory
+    return changes
+
+
+E = TypeVar("E", Tier, NodeKind)
+
+
+def _enum(kind: type[E], value: E | str, param: str) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = " or ".join(member.value for member in kind)
+        message = f"invalid {param} {value!r}: use {choices}"
+        raise InvalidRequestError(message, param=param) from None
