@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inhouse.config import Settings
+from inhouse.fleet.registry import NodeRegistry
 from inhouse.flows.catalogue import default_registry
 from inhouse.flows.store import FlowStore
 from inhouse.registry.models import ModelRegistry
@@ -45,6 +46,7 @@ class Control:
     keyring: Keyring
     users: UserService
     flows: FlowStore
+    nodes: NodeRegistry
     admin_key_written: Path | None = None
 
     def record(
@@ -96,5 +98,6 @@ def open_control(settings: Settings) -> Control:
         keyring=keyring,
         users=UserService(db, hasher, keyring, audit, settings.auth, tenants),
         flows=FlowStore(db, default_registry(), audit),
+        nodes=NodeRegistry(db, audit),
         admin_key_written=written,
     )
