@@ -190,11 +190,17 @@ class AuditSettings(BaseModel):
 
 
 class FlowSettings(BaseModel):
-    """Suspending end users whose inputs flows keep blocking (China's generative-AI rules)."""
+    """Flows: suspending end users whose inputs flows keep blocking (China's generative-AI
+    rules), and where lexicon files may lie."""
 
     violations_in_a_row: int = Field(default=3, ge=1)
     violations_per_day: int = Field(default=5, ge=1)
     suspension_minutes: float = Field(default=60.0, gt=0.0)
+    lexicon_dir: Path | None = Field(
+        default=None,
+        description="where flows applied through the admin API read lexicon files from; "
+        "default: the data directory's lexicons/",
+    )
 
 
 class FleetSettings(BaseModel):
@@ -295,6 +301,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'inhouse.db').resolve()}"
+
+    @property
+    def resolved_lexicon_dir(self) -> Path:
+        configured = self.flows.lexicon_dir
+        return configured if configured is not None else self.data_dir / "lexicons"
 
     @property
     def resolved_models_dir(self) -> Path:

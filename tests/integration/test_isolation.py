@@ -73,6 +73,7 @@ def _wait_for_model(http: httpx.Client, key: str, name: str) -> None:
 
 
 CHAT = {"model": "b-llm", "messages": [{"role": "user", "content": "hi"}]}
+FLOW_BODY = {"spec": {"name": "b-flow", "model": {"alias": "b-llm"}}}
 
 # How each route is aimed at tenant B. "{b_key}" is B's key id. Routes that list only
 # the caller's own things are called plainly and their answers searched for B.
@@ -93,6 +94,22 @@ AIMED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("GET", "/admin/usage"): ("/admin/usage?tenant=b", {}),
     ("GET", "/admin/audit"): ("/admin/audit?tenant=b", {}),
     ("POST", "/v1/flows/{name}/run"): ("/v1/flows/b-flow/run", {"json": {"input": "hi"}}),
+    ("GET", "/admin/tenants/{tenant}/flows"): ("/admin/tenants/b/flows", {}),
+    ("POST", "/admin/tenants/{tenant}/flows"): ("/admin/tenants/b/flows", {"json": FLOW_BODY}),
+    ("GET", "/admin/tenants/{tenant}/flows/{name}"): ("/admin/tenants/b/flows/b-flow", {}),
+    ("GET", "/admin/tenants/{tenant}/flows/{name}/versions"): (
+        "/admin/tenants/b/flows/b-flow/versions",
+        {},
+    ),
+    ("POST", "/admin/tenants/{tenant}/flows/{name}/rollback"): (
+        "/admin/tenants/b/flows/b-flow/rollback",
+        {"json": {"to": 1}},
+    ),
+    # A flow tried in the caller's own tenant, on B's model.
+    ("POST", "/admin/flows/test"): (
+        "/admin/flows/test",
+        {"json": {**FLOW_BODY, "inputs": [{"input": "hi"}]}},
+    ),
 }
 # Aimed at B through the caller's own tenant: B's key id under tenant a.
 AIMED_THROUGH_OWN_TENANT: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
@@ -106,6 +123,8 @@ OWN_LISTINGS = {
     ("GET", "/admin/audit"),
     ("GET", "/auth/session"),
 }
+# Read or check nothing of any tenant (the spec schema, validating a spec sent along).
+TENANT_FREE = {("GET", "/admin/flows/schema"), ("POST", "/admin/flows/validate")}
 # Acts on the credential the request carries, and on nothing else.
 OWN_CREDENTIAL = {("POST", "/auth/logout")}
 PUBLIC = {
@@ -127,7 +146,7 @@ def gateway_routes(tmp_path: Path) -> set[tuple[str, str]]:
 
 
 def test_the_table_covers_every_route(tmp_path: Path) -> None:
-    covered = set(AIMED) | OWN_LISTINGS | OWN_CREDENTIAL | PUBLIC
+    covered = set(AIMED) | OWN_LISTINGS | OWN_CREDENTIAL | PUBLIC | TENANT_FREE
     assert gateway_routes(tmp_path) == covered, "add the new route to this test's tables"
 
 

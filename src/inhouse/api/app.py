@@ -9,8 +9,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 
 from inhouse import __version__
-from inhouse.api import admin_routes, auth_routes, flow_routes, health_routes, openai_routes
+from inhouse.api import (
+    admin_routes,
+    auth_routes,
+    flow_admin_routes,
+    flow_routes,
+    health_routes,
+    openai_routes,
+)
 from inhouse.api.access import check_every_route_declares_a_permission, declare_public
+from inhouse.api.body_limit import BodyLimit
 from inhouse.api.errors import install_error_handlers
 from inhouse.api.header_limit import HeaderLimit
 from inhouse.api.openapi import document_inference_routes
@@ -52,6 +60,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = new_fastapi("inhouse", lifespan)
     install_error_handlers(app)
+    inference_paths = frozenset(route.path for route in openai_routes.inference_routes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.server.max_body_bytes, skip_paths=inference_paths
+    )
     app.add_middleware(HeaderLimit, max_bytes=settings.server.max_header_bytes)
     app.add_middleware(SecurityHeaders)
     app.include_router(health_routes.router)
@@ -59,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin_routes.router)
     app.include_router(auth_routes.router)
     app.include_router(flow_routes.router)
+    app.include_router(flow_admin_routes.router)
     app.router.routes[0:0] = openai_routes.inference_routes  # the hot path matches first
     document_inference_routes(app)
     if app.openapi_url is not None:

@@ -13,7 +13,7 @@ from inhouse.api.access import Require
 from inhouse.api.admin_schemas import Text
 from inhouse.api.deps import ServicesDep
 from inhouse.gateway.protocol import ChatCompletionRequest, Usage
-from inhouse.gateway.replies import JsonReply
+from inhouse.gateway.replies import JsonReply, Reply
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.permissions import Permission
 
@@ -52,15 +52,25 @@ async def run_flow(
     x_inhouse_trace: Annotated[str | None, Header()] = None,
 ) -> FlowRunResult:
     """Run the tenant's published flow NAME on ``input``."""
-    request = ChatCompletionRequest.model_validate(
+    request = chat_request(f"flow:{name}", body)
+    reply = await services.gateway.chat(principal, request, trace=x_inhouse_trace == "1")
+    return flow_run_result(reply)
+
+
+def chat_request(flow_model: str, body: FlowRunRequest) -> ChatCompletionRequest:
+    """A run request as the chat request a flow answers."""
+    return ChatCompletionRequest.model_validate(
         {
-            "model": f"flow:{name}",
+            "model": flow_model,
             "messages": [{"role": "user", "content": body.input}],
             "user": body.user,
             "metadata": body.variables,
         }
     )
-    reply = await services.gateway.chat(principal, request, trace=x_inhouse_trace == "1")
+
+
+def flow_run_result(reply: Reply) -> FlowRunResult:
+    """A flow's chat completion as structured output."""
     assert isinstance(reply, JsonReply)
     answer = orjson.loads(reply.body)
     inhouse = answer["inhouse"]

@@ -1,10 +1,12 @@
-"""``inhouse flows apply|list|show|rollback|schema``: a tenant's published flows."""
+"""``inhouse flows apply|validate|test|list|show|rollback|schema``: a tenant's flows."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import httpx
 import typer
 
 from inhouse.cli.common import JSON_OPTION, cli_actor, console, control_plane, fail, print_rows
@@ -21,10 +23,7 @@ def apply(
     file: Path = typer.Argument(..., help="the flow spec, YAML or JSON"), tenant: str = TENANT
 ) -> None:
     """Validate the spec, store it as the flow's next version and publish it."""
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise fail(f"cannot read {file}: {exc.strerror}") from None
+    text = _read_spec(file)
     with control_plane() as control:
         spec = parse_spec_text(text, default_registry())
         applied = control.flows.apply(tenant, spec.model_dump(), actor=cli_actor())
@@ -32,6 +31,70 @@ def apply(
         f"flow {applied.name} version {applied.version} published: model flow:{applied.name}",
         highlight=False,
     )
+
+
+def _read_spec(file: Path) -> str:
+    try:
+        return file.read_text()
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror}") from None
+
+
+@app.command("validate")
+def validate(file: Path = typer.Argument(..., help="the flow spec, YAML or JSON")) -> None:
+    """Check a spec as apply would (steps, options, lexicon files), storing nothing."""
+    with control_plane() as control:
+        spec = control.flows.validate(
+            parse_spec_text(_read_spec(file), default_registry()).model_dump()
+        )
+    variables = ", ".join(spec.model.variables) or "none"
+    console.print(f"flow {spec.name} is valid; template variables: {variables}", highlight=False)
+
+
+@app.command("test")
+def test(
+    file: Path = typer.Argument(..., help="the flow spec, YAML or JSON"),
+    sample: list[str] = typer.Option(..., "--input", help="a sample input (repeatable)"),
+    var: list[str] | None = typer.Option(None, "--var", help="a template variable NAME=VALUE"),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="a running gateway"),
+    key: str | None = typer.Option(
+        None, "--key", help="an API key of the tenant to test in [default: INHOUSE_API_KEY]"
+    ),
+) -> None:
+    """Run a spec that is not published on sample inputs, through a running gateway (the
+    model calls are real); print each output and its steps' decisions."""
+    api_key = key or os.environ.get("INHOUSE_API_KEY")
+    if not api_key:
+        raise fail("give --key or set INHOUSE_API_KEY: the flow runs as that key's tenant")
+    spec = parse_spec_text(_read_spec(file), default_registry())
+    variables = dict(_pair(item) for item in var or [])
+    body = {
+        "spec": spec.model_dump(mode="json"),
+        "inputs": [{"input": text, "variables": variables} for text in sample],
+    }
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/admin/flows/test",
+            json=body,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=600,
+        )
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {url}: {exc}") from None
+    if response.status_code != 200:
+        raise fail(f"the gateway answered {response.status_code}: {response.text[:500]}")
+    for text, result in zip(sample, response.json()["results"], strict=True):
+        decisions = " ".join(f"{t['step']}={t['decision']}" for t in result["trace"] or [])
+        blocked = result["blocked"]
+        verdict = f"blocked by {blocked['step']} ({blocked['category']})" if blocked else "answered"
+        typer.echo(f"> {text}\n  {verdict}; steps: {decisions}\n  {result['output']}")
+
+
+def _pair(item: str) -> tuple[str, str]:
+    name, equals, value = item.partition("=")
+    if not equals or not name:
+        raise fail(f"--var {item!r}: write NAME=VALUE")
+    return name, value
 
 
 @app.command("list")

@@ -6,6 +6,7 @@ from inhouse.flows.builtin_steps import FEATURES, LABEL, PII_CHECK, PII_MASK, PI
 from inhouse.flows.cleaning import CLEAN
 from inhouse.flows.context import StepType
 from inhouse.flows.formatting import JSON_FORMAT, MARKDOWN
+from inhouse.flows.refusal import REFUSAL
 from inhouse.flows.step_registry import StepRegistry
 from inhouse.flows.term_filter import TERM_FILTER
 
@@ -13,6 +14,7 @@ BUILTIN_STEPS: tuple[StepType, ...] = (
     CLEAN,
     PII_MASK,
     TERM_FILTER,
+    REFUSAL,
     FEATURES,
     PII_CHECK,
     PII_RESTORE,

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from inhouse.flows.runner import CompiledFlow
-from inhouse.flows.spec import FlowSpec, validate_spec
+from inhouse.flows.spec import FlowSpec, StepSpec, validate_spec
 from inhouse.flows.step_registry import StepRegistry
 from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.store.db import Database
@@ -51,10 +52,35 @@ class FlowStore:
         self._registry = registry
         self._audit = audit
 
-    def apply(self, tenant_name: str, data: dict[str, Any], *, actor: str) -> FlowVersion:
-        """Validate, store as the next version, publish."""
-        spec = validate_spec(data, self._registry)
-        CompiledFlow(spec, self._registry)  # it must build now: lexicon files exist, ...
+    @property
+    def registry(self) -> StepRegistry:
+        """The step types this store validates and builds flows with."""
+        return self._registry
+
+    def apply(
+        self,
+        tenant_name: str,
+        data: dict[str, Any],
+        *,
+        actor: str,
+        may_hide_label: bool = True,
+        lexicon_root: Path | None = None,
+    ) -> FlowVersion:
+        """Validate, store as the next version, publish.
+
+        ``may_hide_label``: whether the actor may turn the visible AI-generated notice
+        off (tenant-admins and the platform's operators). ``lexicon_root``: lexicon
+        files must lie inside it and relative paths start there (callers of the admin
+        API); None: an operator on the host, paths relative to the working directory.
+        Lexicon paths are stored absolute, so every gateway reads the same file.
+        """
+        spec = self.validate(data, lexicon_root=lexicon_root)
+        if _hides_ai_label(spec) and not may_hide_label:
+            raise PermissionDeniedError(
+                "only a tenant-admin may turn the visible AI-generated label off",
+                param="post",
+                code="label_requires_tenant_admin",
+            )
         document = spec.model_dump_json(exclude_defaults=False)
         for _ in range(5):  # two applies at once: one gets the next number
             try:
@@ -96,6 +122,26 @@ class FlowStore:
                        details=details)
         )  # fmt: skip
         return FlowVersion(tenant_id, spec.name, version, spec, now, actor, True)
+
+    def validate(self, data: dict[str, Any], *, lexicon_root: Path | None = None) -> FlowSpec:
+        """A spec that would apply: valid, its lexicons placed, and it builds."""
+        spec = _place_lexicons(validate_spec(data, self._registry), lexicon_root)
+        CompiledFlow(spec, self._registry)  # it must build now: lexicon files exist, ...
+        return spec
+
+    def versions(self, tenant_name: str, name: str) -> list[FlowVersion]:
+        """Every version of a flow, oldest first."""
+        with self._db.session() as session:
+            tenant_id = _tenant_id(session, tenant_name)
+            release = session.get(FlowReleaseRow, (tenant_id, name))
+            if release is None:
+                raise NotFoundError(f"flow {name!r} does not exist", param="flow")
+            rows = session.scalars(
+                select(FlowVersionRow)
+                .where(FlowVersionRow.tenant_id == tenant_id, FlowVersionRow.name == name)
+                .order_by(FlowVersionRow.version)
+            ).all()
+            return [self._version(row, published=row.version == release.version) for row in rows]
 
     def rollback(
         self, tenant_name: str, name: str, *, to: int | None = None, actor: str
@@ -181,6 +227,35 @@ class FlowStore:
         return FlowVersion(
             row.tenant_id, row.name, row.version, spec, row.created_at, row.created_by, published
         )
+
+
+def _place_lexicons(spec: FlowSpec, root: Path | None) -> FlowSpec:
+    """The spec with each ``terms`` step's lexicon as an absolute path (inside ``root``)."""
+    changed = False
+    stages: dict[str, list[StepSpec]] = {"pre": [], "post": []}
+    for stage, steps in (("pre", spec.pre), ("post", spec.post)):
+        for index, step in enumerate(steps):
+            lexicon = step.options.get("lexicon") if step.type == "terms" else None
+            if isinstance(lexicon, str):
+                placed = _lexicon_path(lexicon, root, where=f"{stage}.{index}.options.lexicon")
+                step = step.model_copy(update={"options": {**step.options, "lexicon": placed}})
+                changed = True
+            stages[stage].append(step)
+    return spec.model_copy(update=stages) if changed else spec
+
+
+def _lexicon_path(given: str, root: Path | None, *, where: str) -> str:
+    if root is None:
+        return str(Path(given).resolve())
+    base = root.resolve()
+    path = (base / given).resolve()
+    if not path.is_relative_to(base):
+        raise InvalidRequestError(
+            f"{where}: lexicon files are read from the lexicon directory only "
+            "(INHOUSE_FLOWS__LEXICON_DIR); give a path inside it",
+            param=where,
+        )
+    return str(path)
 
 
 def _hides_ai_label(spec: FlowSpec) -> bool:

@@ -87,23 +87,57 @@ class FlowCalls:
                 param="model",
                 code="model_not_found",
             )
+        return await self._run(
+            generate, principal, flow, request, request_id=request_id, trace=trace, counted=True
+        )
+
+    async def trial(
+        self,
+        generate: Generate,
+        principal: Principal,
+        flow: CompiledFlow,
+        request: ChatCompletionRequest,
+        *,
+        request_id: str,
+    ) -> Reply:
+        """Run a flow that is not (yet) published, to test it: the model call is an
+        ordinary, metered request; refused inputs neither count against the user nor
+        enter the audit log, and no flow metrics are kept. The trace is always given."""
+        return await self._run(
+            generate, principal, flow, request, request_id=request_id, trace=True, counted=False
+        )
+
+    async def _run(
+        self,
+        generate: Generate,
+        principal: Principal,
+        flow: CompiledFlow,
+        request: ChatCompletionRequest,
+        *,
+        request_id: str,
+        trace: bool,
+        counted: bool,
+    ) -> Reply:
+        name = flow.spec.name
         subject = request.user or principal.key_id
         text, variables = last_user_text(request), _variables(request)
+        violations = self.violations if counted else None
 
         def pre_process() -> FlowRun:
             """In a worker thread, in one hop: the suspension check, the pre steps (a long
             input must not hold up the event loop) and the violation count."""
-            if self.violations is not None:
-                self.violations.check(principal.tenant_id, subject)
+            if violations is not None:
+                violations.check(principal.tenant_id, subject)
             started = flow.start(text, user=request.user, variables=variables)
-            if self.violations is not None:
-                self.violations.record(principal.tenant_id, subject, blocked=started.blocked)
+            if violations is not None:
+                violations.record(principal.tenant_id, subject, blocked=started.blocked)
             return started
 
         run = await asyncio.to_thread(pre_process)
         answer = _Answer()
         if run.blocked:
-            await self._audit_block(principal, name, run, subject)
+            if counted:
+                await self._audit_block(principal, name, run, subject)
         else:
             first = await generate(principal, _model_request(flow, run.messages, request))
             output = answer.take(first)
@@ -120,7 +154,7 @@ class FlowCalls:
                 return answer.take(asyncio.run_coroutine_threadsafe(call, loop).result())
 
             await asyncio.to_thread(flow.finish, run, output, regenerate=regenerate)
-        if self.metrics is not None:
+        if self.metrics is not None and counted:
             for step in run.trace:
                 self.metrics.observe_flow_step(
                     principal.tenant_name, name, step.step, step.micros / 1e6, step.decision

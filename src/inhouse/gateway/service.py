@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from functools import partial
 
 from inhouse.engine.base import Priority, TokenUsage
-from inhouse.errors import InhouseError
+from inhouse.errors import EngineUnavailableError, InhouseError
+from inhouse.flows.runner import CompiledFlow
 from inhouse.gateway import flow_calls, local_calls, remote_calls
 from inhouse.gateway.admission import Admission, GenerationCall
 from inhouse.gateway.engines import EnginePool
@@ -139,6 +140,16 @@ class Gateway:
                 trace=trace,
             )
         return await self._answer(principal, request, CHAT_ENDPOINT)
+
+    async def try_flow(
+        self, principal: Principal, flow: CompiledFlow, request: ChatCompletionRequest
+    ) -> Reply:
+        """Run a flow that is not published (a test before ``apply``), with its trace."""
+        if self.flows is None:
+            raise EngineUnavailableError("flows are not enabled on this gateway")
+        return await self.flows.trial(
+            self.chat, principal, flow, request, request_id=self.request_ids.next("chatcmpl")
+        )
 
     async def complete(self, principal: Principal, request: CompletionRequest) -> Reply:
         return await self._answer(principal, request, COMPLETIONS_ENDPOINT)

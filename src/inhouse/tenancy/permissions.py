@@ -32,7 +32,8 @@ class Permission(StrEnum):
     """See who one is logged in as; log out."""
     FLOWS_READ = "flows:read"
     FLOWS_MANAGE = "flows:manage"
-    """Validate, test, apply (publish) and roll back the tenant's flows."""
+    """Apply (publish) and roll back the tenant's flows; hiding the visible AI label
+    also takes an admin role."""
     NODES_READ = "nodes:read"
     NODES_MANAGE = "nodes:manage"
     """Register and remove fleet nodes (the platform's hardware)."""
@@ -65,6 +66,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.QUOTAS_READ,
             Permission.SESSION_OWN,
             Permission.FLOWS_READ,
+            Permission.FLOWS_MANAGE,
         }
     ),
     Role.AUDITOR: _READ_ONLY,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from inhouse.errors import InvalidRequestError, NotFoundError
+from inhouse.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from inhouse.flows.catalogue import default_registry
 from inhouse.flows.store import FlowStore
 from inhouse.security.api_keys import ApiKeyHasher
@@ -85,3 +87,56 @@ def test_hiding_the_ai_label_is_recorded_in_the_audit_log(
     store.apply("bank", spec("shown"), actor="cli:admin")
     entries = [e.as_dict() for e in audit.entries() if e.action == "flow.apply"]
     assert [e["details"].get("ai_label_visible") for e in entries] == [False, None]
+
+
+def test_only_an_admin_may_hide_the_ai_label(store: FlowStore) -> None:
+    hidden = {
+        "name": "quiet",
+        "model": {"alias": "m"},
+        "post": [{"type": "label", "options": {"visible": False}}],
+    }
+    with pytest.raises(PermissionDeniedError, match="tenant-admin") as refused:
+        store.apply("bank", hidden, actor="ih-dev", may_hide_label=False)
+    assert refused.value.code == "label_requires_tenant_admin"
+    assert store.list("bank") == []
+    assert store.apply("bank", spec("shown"), actor="ih-dev", may_hide_label=False).version == 1
+    assert store.apply("bank", hidden, actor="ih-admin", may_hide_label=True).version == 1
+
+
+LEXICON = "version: 1\ncategories:\n  fraud: {action: flag, terms: [insider tip]}\n"
+
+
+def terms_spec(lexicon: str) -> dict[str, object]:
+    return {"name": "guarded", "model": {"alias": "m"},
+            "pre": [{"type": "terms", "options": {"lexicon": lexicon}}]}  # fmt: skip
+
+
+def test_lexicons_from_the_api_stay_inside_the_lexicon_directory(
+    store: FlowStore, tmp_path: Path
+) -> None:
+    root = tmp_path / "lexicons"
+    (root / "finance").mkdir(parents=True)
+    (root / "finance" / "terms.yaml").write_text(LEXICON)
+    (tmp_path / "outside.yaml").write_text(LEXICON)
+    applied = store.apply("bank", terms_spec("finance/terms.yaml"), actor="a", lexicon_root=root)
+    placed = applied.spec.pre[0].options["lexicon"]
+    assert placed == str((root / "finance" / "terms.yaml").resolve())  # stored absolute
+    for escape in ("../outside.yaml", str(tmp_path / "outside.yaml"), "finance/../../outside.yaml"):
+        with pytest.raises(InvalidRequestError, match="lexicon directory") as refused:
+            store.validate(terms_spec(escape), lexicon_root=root)
+        assert refused.value.param == "pre.0.options.lexicon"
+    # An operator on the host (the CLI) names any file; relative to the working directory.
+    operator = store.validate(terms_spec(str(tmp_path / "outside.yaml")))
+    assert operator.pre[0].options["lexicon"] == str((tmp_path / "outside.yaml").resolve())
+
+
+def test_versions_are_listed_oldest_first_with_the_published_one_marked(
+    store: FlowStore,
+) -> None:
+    for notice in ("one", "two", "three"):
+        store.apply("bank", spec(notice), actor="a")
+    store.rollback("bank", "faq", to=2, actor="a")
+    listed = [(v.version, v.published) for v in store.versions("bank", "faq")]
+    assert listed == [(1, False), (2, True), (3, False)]
+    with pytest.raises(NotFoundError):
+        store.versions("bank", "nothing")
