@@ -22,6 +22,7 @@ from inhouse.cli import (
     keys,
     models,
     node,
+    nodes,
     quotas,
     serve,
     tenants,
@@ -42,6 +43,7 @@ app.command("node")(node.node)
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")
+app.add_typer(nodes.app, name="nodes")
 app.add_typer(quotas.app, name="quotas")
 app.command("usage")(usage.usage)
 app.add_typer(audit.app, name="audit")

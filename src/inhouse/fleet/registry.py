@@ -220,7 +220,7 @@ def _tenant_id(session: Session, tenant: str | None) -> str | None:
 
 
 def _json(value: Mapping[str, str]) -> str:
-    return json.dumps(dict(value), ensure_ascii=False, sort_keys=True)
+    return json.dumps(dict(value), ensure_ascii=False)  # in the order given
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,12 +320,13 @@ class NodeRegistry:
         self._record(actor, "node.remove", spec)
         return spec
 
-    def register_self(self, registration: Registration) -> NodeSpec:
+    def register_self(self, registration: Registration, *, actor: str | None = None) -> NodeSpec:
         """A node registering itself (an ``inhouse node`` with the fleet's token): upsert
         by URL. A new node is an ``inhouse`` node with the fleet token, named as given or
         ``host-port``; a known one gets the reported models, capacity and memory (its
         tier, name, labels and owner stay as first registered). Audited as
-        ``node.register`` when something changed; an unchanged heartbeat writes nothing.
+        ``node.register`` (by ``actor``, default ``node:<name>``) when something changed;
+        an unchanged heartbeat writes nothing.
         """
         url = normalise_url(registration.url)
         tier = _enum(Tier, registration.tier, "tier")
@@ -355,7 +356,7 @@ class NodeRegistry:
                             fallback=False,
                             created_at=now,
                             updated_at=now,
-                            registered_by=f"node:{name}",
+                            registered_by=(actor or f"node:{name}")[:128],
                         )
                         session.add(row)
                         changes: dict[str, Any] = {"created": True}
@@ -371,7 +372,7 @@ class NodeRegistry:
         else:
             raise ConflictError(f"node {name!r} is being registered by someone else; retry")
         if changes:
-            self._record(f"node:{spec.name}", "node.register", spec, **changes)
+            self._record(actor or f"node:{spec.name}", "node.register", spec, **changes)
         return spec
 
     def token(self, spec: NodeSpec) -> str | None:
