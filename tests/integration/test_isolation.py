@@ -110,6 +110,31 @@ AIMED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
         "/admin/flows/test",
         {"json": {**FLOW_BODY, "inputs": [{"input": "hi"}]}},
     ),
+    # The fleet's nodes are the platform's: no key of another tenant changes them.
+    ("POST", "/admin/nodes"): (
+        "/admin/nodes",
+        {
+            "json": {
+                "url": "http://127.0.0.1:9/v1",
+                "tier": "edge",
+                "kind": "openai",
+                "models": ["b-llm"],
+                "tenant": "b",
+            }
+        },
+    ),
+    ("DELETE", "/admin/nodes/{name}"): ("/admin/nodes/b-node", {}),
+    ("POST", "/v1/node/register"): (
+        "/v1/node/register",
+        {
+            "json": {
+                "url": "http://127.0.0.1:9/v1",
+                "tier": "edge",
+                "models": ["b-llm"],
+                "capacity": 1,
+            }
+        },
+    ),
 }
 # Aimed at B through the caller's own tenant: B's key id under tenant a.
 AIMED_THROUGH_OWN_TENANT: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
@@ -122,6 +147,7 @@ OWN_LISTINGS = {
     ("GET", "/admin/usage"),
     ("GET", "/admin/audit"),
     ("GET", "/auth/session"),
+    ("GET", "/admin/nodes"),
 }
 # Read or check nothing of any tenant (the spec schema, validating a spec sent along).
 TENANT_FREE = {("GET", "/admin/flows/schema"), ("POST", "/admin/flows/validate")}

@@ -15,6 +15,7 @@ from inhouse.api import (
     flow_admin_routes,
     flow_routes,
     health_routes,
+    node_routes,
     openai_routes,
 )
 from inhouse.api.access import check_every_route_declares_a_permission, declare_public
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin_routes.router)
     app.include_router(auth_routes.router)
     app.include_router(flow_routes.router)
+    app.include_router(node_routes.router)
     app.include_router(flow_admin_routes.router)
     app.router.routes[0:0] = openai_routes.inference_routes  # the hot path matches first
     document_inference_routes(app)
