@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 
@@ -7,6 +8,10 @@ import typer
 
 from inhouse.cli.common import configure_logging, control_plane, fail, settings_or_exit
 from inhouse.config import Precision
+from inhouse.errors import InhouseError
+from inhouse.fleet.nodes import Tier
+from inhouse.fleet.registry import NODE_NAME, normalise_url
+from inhouse.node.registration import Registration
 from inhouse.registry.builtin import ensure_builtin_model
 from inhouse.registry.models import ModelKind
 
@@ -27,6 +32,23 @@ def node(
         "--tls-client-ca",
         help="require callers to present a certificate signed by this CA (mutual TLS)",
     ),
+    register: str | None = typer.Option(
+        None,
+        "--register",
+        help="register with this gateway (e.g. http://gateway:8000) once the model is "
+        "loaded, and every 30 s, with the node token",
+    ),
+    tier: Tier | None = typer.Option(
+        None, "--tier", help="with --register: edge (small, close) or center (large)"
+    ),
+    advertise_url: str | None = typer.Option(
+        None,
+        "--advertise-url",
+        help="with --register: where the gateway reaches this node (default: this host and --port)",
+    ),
+    node_name: str | None = typer.Option(
+        None, "--node-name", help="with --register: the node's name (default: host-port)"
+    ),
 ) -> None:
     """Serve one local model with the batching engine (for a gateway's fleet)."""
     if (tls_cert is None) != (tls_key is None):
@@ -40,6 +62,20 @@ def node(
     ):
         if file is not None and not file.is_file():
             raise fail(f"{option} {file} is not a file")
+    if register is None and (tier or advertise_url or node_name):
+        raise fail("--tier, --advertise-url and --node-name go with --register GATEWAY_URL")
+    if register is not None and tier is None:
+        raise fail("--register needs --tier edge or --tier center")
+    if node_name is not None and not NODE_NAME.match(node_name):
+        raise fail(f"--node-name {node_name!r}: 1-128 letters, digits or . _ : -")
+    gateway = advertised = None
+    if register is not None:
+        scheme = "https" if tls_cert is not None else "http"
+        try:
+            gateway = normalise_url(register)  # an http(s) URL with a host
+            advertised = normalise_url(advertise_url or f"{scheme}://{_reachable(host)}:{port}")
+        except InhouseError as exc:
+            raise fail(f"--register/--advertise-url: {exc.message}") from None
     settings = settings_or_exit()
     configure_logging(settings)
     if settings.node_token is None or len(settings.node_token.get_secret_value()) < 16:
@@ -54,6 +90,17 @@ def node(
     def weights() -> Path:
         return path if path is not None else ensure_builtin_model(models_dir)
 
+    registration = None
+    if gateway is not None and advertised is not None and tier is not None:
+        registration = Registration(
+            gateway_url=gateway,
+            advertise_url=advertised,
+            tier=tier,
+            model=entry.name,
+            token=settings.node_token.get_secret_value(),
+            name=node_name,
+        )
+
     # Imported here: torch and the server load only for the command that needs them.
     import uvicorn
 
@@ -61,7 +108,9 @@ def node(
     from inhouse.node.app import create_node_app
 
     engine = LocalEngine(entry.name, weights, settings.engine, precision=dtype)
-    app = create_node_app(settings, engine, settings.node_token.get_secret_value())
+    app = create_node_app(
+        settings, engine, settings.node_token.get_secret_value(), registration=registration
+    )
     uvicorn.run(
         app,
         host=host,
@@ -76,3 +125,10 @@ def node(
         ssl_ca_certs=str(tls_client_ca) if tls_client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if tls_client_ca else ssl.CERT_NONE,
     )
+
+
+def _reachable(host: str) -> str:
+    """The host part of the default advertised URL: a wildcard address is not one."""
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host

@@ -28,14 +28,27 @@ from inhouse.engine.local import LocalEngine
 from inhouse.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.node.registration import Registrar, Registration
 from inhouse.node.service import NodeService
 
 PRIORITY_HEADER = "x-inhouse-priority"
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 
 
-def create_node_app(settings: Settings, engine: LocalEngine, token: str) -> FastAPI:
+def create_node_app(
+    settings: Settings,
+    engine: LocalEngine,
+    token: str,
+    registration: Registration | None = None,
+) -> FastAPI:
+    """The node's app; with ``registration``, it registers itself with that gateway once
+    its model is loaded, and again every heartbeat (``inhouse.node.registration``)."""
     service = NodeService(engine, GatewayMetrics())
+
+    def capacity() -> int:
+        scheduler = engine.scheduler
+        return scheduler.limits.max_running if scheduler else settings.engine.max_running_sequences
+
     expected = f"Bearer {token}".encode()
 
     def authorize(request: Request) -> None:
@@ -84,10 +97,18 @@ def create_node_app(settings: Settings, engine: LocalEngine, token: str) -> Fast
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        registrar = None
+        if registration is not None:
+            registrar = Registrar(
+                registration, settings.gateway, ready=lambda: engine.ready, capacity=capacity
+            )
+            registrar.start()
         gc.freeze()
         try:
             yield
         finally:
+            if registrar is not None:
+                await registrar.close()
             await engine.close()
 
     app = new_fastapi("inhouse node", lifespan)
