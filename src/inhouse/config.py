@@ -223,6 +223,14 @@ class FleetSettings(BaseModel):
         default=30.0, gt=0.0, description="how long a request waits for a node with room"
     )
     max_queued_requests: int = Field(default=1024, ge=0)
+    routing: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the routing policy's settings (edge_max_prompt_tokens, center_tasks, "
+        "...; docs/fleet.md); the defaults where unset",
+    )
+    tenant_routing: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="tenant name → its overrides of the routing policy"
+    )
 
 
 COMPLIANCE_MAX_ROTATION_DAYS = 7.0

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from inhouse.api.access import Require, protected
 from inhouse.api.body import parse_body, read_body
 from inhouse.api.deps import ServicesDep, services_of
+from inhouse.gateway.fleet_calls import RouteHints, parse_priority_hint, parse_tier_hint
 from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelList
 from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 from inhouse.tenancy.models import Principal
@@ -34,7 +35,7 @@ class _EventStream(StreamingResponse):
     when the client left before the first event was sent."""
 
     def __init__(self, reply: StreamReply) -> None:
-        headers = {"X-Request-Id": reply.request_id, **_SSE_HEADERS}
+        headers = {"X-Request-Id": reply.request_id, **_SSE_HEADERS, **reply.headers}
         super().__init__(reply.events, media_type="text/event-stream", headers=headers)
         self._reply = reply
 
@@ -49,7 +50,7 @@ class _EventStream(StreamingResponse):
 
 def respond(reply: Reply) -> Response:
     if isinstance(reply, JsonReply):
-        headers = {"X-Request-Id": reply.request_id}
+        headers = {"X-Request-Id": reply.request_id, **reply.headers}
         return Response(reply.body, media_type="application/json", headers=headers)
     return _EventStream(reply)
 
@@ -68,7 +69,8 @@ async def chat_completions(request: Request, principal: Principal) -> Response:
     body = await read_body(request, services.settings.server.max_body_bytes)
     chat = parse_body(ChatCompletionRequest, body)
     trace = request.headers.get("x-inhouse-trace") == "1"
-    return respond(await services.gateway.chat(principal, chat, trace=trace))
+    hints = route_hints(request)
+    return respond(await services.gateway.chat(principal, chat, trace=trace, hints=hints))
 
 
 @protected(Permission.INFERENCE)
@@ -76,7 +78,17 @@ async def completions(request: Request, principal: Principal) -> Response:
     services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
     completion = parse_body(CompletionRequest, body)
-    return respond(await services.gateway.complete(principal, completion))
+    hints = route_hints(request)
+    return respond(await services.gateway.complete(principal, completion, hints=hints))
+
+
+def route_hints(request: Request) -> RouteHints:
+    """``X-Inhouse-Tier`` and ``X-Inhouse-Priority``: the caller's say in routing."""
+    headers = request.headers
+    return RouteHints(
+        tier=parse_tier_hint(headers.get("x-inhouse-tier")),
+        priority=parse_priority_hint(headers.get("x-inhouse-priority")),
+    )
 
 
 inference_routes = [

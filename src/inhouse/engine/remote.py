@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -76,6 +76,7 @@ class UpstreamClient:
         *,
         upstream_model: str | None,
         api_key: str | None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
@@ -84,6 +85,7 @@ class UpstreamClient:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._headers.update(headers or {})
 
     def _url(self, path: str) -> URL:
         url = self._urls.get(path)

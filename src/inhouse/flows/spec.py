@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inhouse.errors import InvalidRequestError
+from inhouse.fleet.router import RoutingPolicy
 from inhouse.flows.context import Stage, StepOptions
 from inhouse.flows.step_registry import StepRegistry
 from inhouse.validation import first_problem
@@ -62,6 +63,23 @@ class ModelSpec(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    tier: Literal["edge", "center"] | None = Field(
+        default=None, description="send the flow's requests to this tier of the fleet"
+    )
+    routing: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the tenant's routing policy for this flow's requests "
+        "(edge_max_prompt_tokens, center_tasks, ...; see docs/fleet.md)",
+    )
+
+    @field_validator("routing")
+    @classmethod
+    def _routing(cls, routing: dict[str, Any]) -> dict[str, Any]:
+        try:
+            RoutingPolicy().merged(routing)
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from None
+        return routing
 
     @field_validator("alias")
     @classmethod

@@ -77,6 +77,12 @@ class EnginePool:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled HTTP session of remote engines (once started)."""
+        if self._session is None:
+            raise RuntimeError("the engine pool is not started")
+        return self._session
+
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from inhouse.errors import InvalidRequestError, NotFoundError, UpstreamError
+from inhouse.fleet.nodes import Tier
 from inhouse.flows.published import PublishedFlows
 from inhouse.flows.runner import CompiledFlow, FlowRun
 from inhouse.flows.spec import FLOW_NAME
 from inhouse.flows.violations import ViolationCounter
+from inhouse.gateway.fleet_calls import RouteHints
 from inhouse.gateway.protocol import ChatCompletionRequest, TextPart
 from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 from inhouse.monitor.metrics import GatewayMetrics
@@ -32,7 +34,13 @@ from inhouse.tenancy.models import Principal
 
 FLOW_PREFIX = "flow:"
 
-Generate = Callable[[Principal, ChatCompletionRequest], Coroutine[Any, Any, Reply]]
+
+class Generate(Protocol):
+    """The gateway's chat call, which a flow's model request goes through."""
+
+    def __call__(
+        self, principal: Principal, request: ChatCompletionRequest, *, hints: RouteHints
+    ) -> Coroutine[Any, Any, Reply]: ...
 
 
 def last_user_text(request: ChatCompletionRequest) -> str:
@@ -78,6 +86,7 @@ class FlowCalls:
         *,
         request_id: str,
         trace: bool,
+        hints: RouteHints,
     ) -> Reply:
         name = request.model.removeprefix(FLOW_PREFIX)
         flow = await self.flows.get(principal.tenant_id, name) if FLOW_NAME.match(name) else None
@@ -88,7 +97,14 @@ class FlowCalls:
                 code="model_not_found",
             )
         return await self._run(
-            generate, principal, flow, request, request_id=request_id, trace=trace, counted=True
+            generate,
+            principal,
+            flow,
+            request,
+            request_id=request_id,
+            trace=trace,
+            counted=True,
+            hints=hints,
         )
 
     async def trial(
@@ -104,7 +120,14 @@ class FlowCalls:
         ordinary, metered request; refused inputs neither count against the user nor
         enter the audit log, and no flow metrics are kept. The trace is always given."""
         return await self._run(
-            generate, principal, flow, request, request_id=request_id, trace=True, counted=False
+            generate,
+            principal,
+            flow,
+            request,
+            request_id=request_id,
+            trace=True,
+            counted=False,
+            hints=RouteHints(),
         )
 
     async def _run(
@@ -117,6 +140,7 @@ class FlowCalls:
         request_id: str,
         trace: bool,
         counted: bool,
+        hints: RouteHints,
     ) -> Reply:
         name = flow.spec.name
         subject = request.user or principal.key_id
@@ -139,7 +163,10 @@ class FlowCalls:
             if counted:
                 await self._audit_block(principal, name, run, subject)
         else:
-            first = await generate(principal, _model_request(flow, run.messages, request))
+            hints = _route_hints(flow, run, hints)
+            first = await generate(
+                principal, _model_request(flow, run.messages, request), hints=hints
+            )
             output = answer.take(first)
             loop = asyncio.get_running_loop()
 
@@ -150,7 +177,7 @@ class FlowCalls:
                     {"role": "assistant", "content": output},
                     {"role": "user", "content": instruction},
                 ]
-                call = generate(principal, _model_request(flow, messages, request))
+                call = generate(principal, _model_request(flow, messages, request), hints=hints)
                 return answer.take(asyncio.run_coroutine_threadsafe(call, loop).result())
 
             await asyncio.to_thread(flow.finish, run, output, regenerate=regenerate)
@@ -227,6 +254,21 @@ class _Answer:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+
+
+def _route_hints(flow: CompiledFlow, run: FlowRun, caller: RouteHints) -> RouteHints:
+    """The flow's tier and routing policy, and what its ``features`` step found."""
+    features = run.context.features
+    tasks = features.get("tasks")
+    language = features.get("language")
+    tier = flow.spec.model.tier
+    return RouteHints(
+        tier=Tier(tier) if tier is not None else caller.tier,
+        tasks=frozenset(tasks) if isinstance(tasks, list) else frozenset(),
+        language=language if isinstance(language, str) else None,
+        policy=flow.spec.model.routing,
+        priority=caller.priority,
+    )
 
 
 def _model_request(

@@ -14,6 +14,7 @@ from inhouse.flows.runner import CompiledFlow
 from inhouse.gateway import flow_calls, local_calls, remote_calls
 from inhouse.gateway.admission import Admission, GenerationCall
 from inhouse.gateway.engines import EnginePool
+from inhouse.gateway.fleet_calls import FleetCalls, RouteHints
 from inhouse.gateway.flow_calls import FlowCalls
 from inhouse.gateway.protocol import (
     ChatCompletionRequest,
@@ -38,7 +39,7 @@ class _Call:
 
     def __init__(self, gateway: Gateway, principal: Principal, endpoint: str, stream: bool) -> None:
         self._gateway = gateway
-        self._principal = principal
+        self.principal = principal
         self._endpoint = endpoint
         self._stream = stream
         self._started = gateway.clock()
@@ -83,8 +84,8 @@ class _Call:
             UsageEvent(
                 request_id=self.request_id,
                 created_at=datetime.now(UTC),
-                tenant_id=self._principal.tenant_id,
-                key_id=self._principal.key_id,
+                tenant_id=self.principal.tenant_id,
+                key_id=self.principal.key_id,
                 model=entry.name,
                 endpoint=self._endpoint,
                 stream=self._stream,
@@ -98,6 +99,17 @@ class _Call:
         )
 
 
+def _both(first: Callable[[], None], then: Callable[[], None] | None) -> Callable[[], None]:
+    if then is None:
+        return first
+
+    def both() -> None:
+        first()
+        then()
+
+    return both
+
+
 class Gateway:
     def __init__(
         self,
@@ -107,9 +119,11 @@ class Gateway:
         admission: Admission | None = None,
         clock: Callable[[], float] = time.perf_counter,
         flows: FlowCalls | None = None,
+        fleet: FleetCalls | None = None,
     ) -> None:
         self.engines = engines
         self.flows = flows
+        self.fleet = fleet
         self.recorder = recorder
         self.metrics = metrics
         self.admission = admission
@@ -129,7 +143,12 @@ class Gateway:
         return ModelList(data=cards)
 
     async def chat(
-        self, principal: Principal, request: ChatCompletionRequest, *, trace: bool = False
+        self,
+        principal: Principal,
+        request: ChatCompletionRequest,
+        *,
+        trace: bool = False,
+        hints: RouteHints | None = None,
     ) -> Reply:
         if self.flows is not None and request.model.startswith(flow_calls.FLOW_PREFIX):
             return await self.flows.answer(
@@ -138,8 +157,9 @@ class Gateway:
                 request,
                 request_id=self.request_ids.next("chatcmpl"),
                 trace=trace,
+                hints=hints or RouteHints(),
             )
-        return await self._answer(principal, request, CHAT_ENDPOINT)
+        return await self._answer(principal, request, CHAT_ENDPOINT, hints or RouteHints())
 
     async def try_flow(
         self, principal: Principal, flow: CompiledFlow, request: ChatCompletionRequest
@@ -151,18 +171,26 @@ class Gateway:
             self.chat, principal, flow, request, request_id=self.request_ids.next("chatcmpl")
         )
 
-    async def complete(self, principal: Principal, request: CompletionRequest) -> Reply:
-        return await self._answer(principal, request, COMPLETIONS_ENDPOINT)
+    async def complete(
+        self, principal: Principal, request: CompletionRequest, *, hints: RouteHints | None = None
+    ) -> Reply:
+        return await self._answer(principal, request, COMPLETIONS_ENDPOINT, hints or RouteHints())
 
     async def _answer(
         self,
         principal: Principal,
         request: ChatCompletionRequest | CompletionRequest,
         endpoint: str,
+        hints: RouteHints,
     ) -> Reply:
         call = _Call(self, principal, endpoint, request.stream)
         try:
-            entry = self.engines.resolve(request.model, tenant_id=principal.tenant_id)
+            fleet = self.fleet
+            if fleet is not None and fleet.serves(request.model, principal.tenant_id):
+                entry = fleet.entry(request.model)
+            else:
+                fleet = None
+                entry = self.engines.resolve(request.model, tenant_id=principal.tenant_id)
             call.model = entry.name
             priority = Priority.NORMAL
             if self.admission is not None:
@@ -175,7 +203,11 @@ class Gateway:
             call.entry = entry
             if request.stream:
                 call.started_stream()
-            if entry.is_local:
+            if hints.priority is not None:
+                priority = max(priority, hints.priority)  # a hint may lower it, never raise it
+            if fleet is not None:
+                reply = await self._answer_on_fleet(fleet, call, request, priority, hints)
+            elif entry.is_local:
                 reply = await self._answer_locally(call, request, entry, priority)
             else:
                 reply = await self._answer_remotely(call, request, entry)
@@ -189,9 +221,33 @@ class Gateway:
             # Settles a stream whose client left before its first event (its generator's
             # own ``finally`` never runs then); a no-op once the stream has finished.
             return StreamReply(
-                reply.events, reply.request_id, partial(call.finish, 499, TokenUsage())
+                reply.events,
+                reply.request_id,
+                _both(partial(call.finish, 499, TokenUsage()), reply.on_close),
+                headers=reply.headers,
             )
         return reply
+
+    async def _answer_on_fleet(
+        self,
+        fleet: FleetCalls,
+        call: _Call,
+        request: ChatCompletionRequest | CompletionRequest,
+        priority: Priority,
+        hints: RouteHints,
+    ) -> Reply:
+        def placed(entry: ModelEntry) -> None:
+            call.entry = entry
+
+        return await fleet.answer(
+            request,
+            principal=call.principal,
+            priority=priority,
+            hints=hints,
+            request_id=call.request_id,
+            on_placed=placed,
+            on_finish=call.finish,
+        )
 
     async def _answer_locally(
         self, call: _Call, request: GenerationCall, entry: ModelEntry, priority: Priority

@@ -6,12 +6,14 @@ import logging
 from dataclasses import dataclass
 
 from inhouse.config import QuotaFailureMode, Settings
+from inhouse.fleet.health import FleetMonitor
 from inhouse.flows.catalogue import default_registry
 from inhouse.flows.published import PublishedFlows
 from inhouse.flows.violations import ViolationCounter
 from inhouse.gateway.admission import Admission
 from inhouse.gateway.control import Control, open_control
 from inhouse.gateway.engines import EnginePool
+from inhouse.gateway.fleet_calls import FleetCalls
 from inhouse.gateway.flow_calls import FlowCalls
 from inhouse.gateway.periodic import Periodic
 from inhouse.gateway.service import Gateway
@@ -39,6 +41,7 @@ class Services:
     gateway: Gateway
     login_throttle: LoginThrottle
     housekeeping: tuple[Periodic, ...]
+    fleet: FleetMonitor
 
     @property
     def settings(self) -> Settings:
@@ -47,12 +50,14 @@ class Services:
     async def start(self) -> None:
         self.recorder.start()
         await self.engines.start()
+        await self.fleet.start()
         for job in self.housekeeping:
             job.start()
 
     async def close(self) -> None:
         for job in self.housekeeping:
             await job.close()
+        await self.fleet.close()
         await self.engines.close()
         await self.admission.limiter.close()
         await self.recorder.close()
@@ -88,6 +93,7 @@ def build_services(settings: Settings) -> Services:
     metrics = GatewayMetrics()
     limits = LimitsCache(control.quotas, ttl_seconds=settings.gateway.quota_cache_seconds)
     admission = Admission(limits, build_limiter(settings), settings)
+    fleet = FleetMonitor(control.nodes, settings.fleet, gateway=settings.gateway)
     return Services(
         control=control,
         authenticator=Authenticator(
@@ -112,7 +118,9 @@ def build_services(settings: Settings) -> Services:
                 audit=control.audit,
                 metrics=metrics,
             ),
+            fleet=FleetCalls(fleet, engines.session, settings, metrics),
         ),
+        fleet=fleet,
         login_throttle=LoginThrottle(settings.auth.login_attempts_per_minute),
         housekeeping=(
             Periodic(
