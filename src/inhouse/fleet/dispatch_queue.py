@@ -11,7 +11,8 @@ taken out with ``remove``; waiters past their own deadline come out of ``expire`
 
 The gateway's loop around it: on a retryable refusal, ``push``; whenever capacity frees,
 walk ``waiting()`` in order, schedule each, ``remove`` the placed ones, and stop at the
-first that is refused as retryable (the ones behind it need as much or more); wake at
+first that is refused as retryable (the ones behind it have the same or a lower priority,
+so they find the same nodes full, unless they need less memory); wake at
 ``next_deadline()`` to ``expire`` the ones that waited too long.
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,11 +12,13 @@ from inhouse.engine.base import Priority
 from inhouse.errors import RateLimitError
 from inhouse.fleet.dispatch_queue import DispatchQueue
 
+T = TypeVar("T")
+
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
 
 
-def drain(queue: DispatchQueue[str]) -> list[str]:
-    items = []
+def drain(queue: DispatchQueue[T]) -> list[T]:
+    items: list[T] = []
     while (waiter := queue.pop()) is not None:
         items.append(waiter.item)
     return items

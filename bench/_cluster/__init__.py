@@ -1,0 +1,1 @@
+"""The cluster simulation's parts: fleet profiles, workload, node model, policies, report."""
