@@ -420,12 +420,12 @@ class FleetMonitor:
         if not node.ejected:
             node.ejected = True
             log.warning(
-                "node %s ejected after %d failures in a row (%s); next probe in %.0f s",
+                "node %s ejected after %d failures in a row (%s); next probe in %.3g s",
                 node.spec.name, node.breaker.consecutive_failures, reason,
                 node.breaker.cooldown,
             )  # fmt: skip
         elif before is BreakerState.HALF_OPEN:
-            log.debug("probe of node %s failed (%s); next in %.0f s", node.spec.name, reason,
+            log.debug("probe of node %s failed (%s); next in %.3g s", node.spec.name, reason,
                       node.breaker.cooldown)  # fmt: skip
 
     def _succeeded(self, node: _Node) -> None:
