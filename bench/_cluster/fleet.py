@@ -122,9 +122,10 @@ CENTER_70B = NodeType(
 )
 
 # Edge: Llama-3.1-8B-Instruct, fp8, one L40S 48 GB per branch. No published figure of this
-# pair was at hand: the NIM benchmark's 8B figures on an H100 (ITL 4.63 ms at concurrency 1,
-# 7.57 ms at 100) are scaled by memory bandwidth (3.35 / 0.864 TB/s = 3.9x) for the decode
-# step, and prefill is 16 GFLOP per token at 40% of the L40S's 362 dense fp8 TFLOPS.
+# pair was at hand: the same NIM page's Llama-3.1-8B figures (ITL 4.63 ms at concurrency 1,
+# 7.57 ms at 100), taken to be from one H100-class GPU, are scaled by memory bandwidth
+# (3.35 / 0.864 TB/s = 3.9x) for the decode step; prefill is 16 GFLOP per token at 40% of the
+# L40S's 362 dense fp8 TFLOPS. All of it is an assumption.
 EDGE_8B = NodeType(
     tier=Tier.EDGE,
     model="llama-3.1-8b-instruct-fp8",
@@ -199,8 +200,8 @@ GPU_FLEET = FleetProfile(
     edge_nodes=20,
     notes=(
         *_COMMON_NOTES,
-        "edge step a=18 ms, b=0.12 ms/seq: NIM's Llama-3.1-8B on H100 scaled by memory "
-        "bandwidth to an L40S: assumption",
+        "edge step a=18 ms, b=0.12 ms/seq: NIM 1.8.0's Llama-3.1-8B figures, taken as "
+        "H100-class, scaled by memory bandwidth to an L40S: assumption",
         "edge prefill 0.11 ms/token: 16 GFLOP/token at 40% of 362 fp8 TFLOPS: assumption",
     ),
 )
@@ -213,8 +214,8 @@ FAST_EDGE_FLEET = FleetProfile(
     edge_nodes=20,
     notes=(
         *_COMMON_NOTES,
-        "edge step a=4.6 ms, b=0.03 ms/seq: NIM 1.8.0's Llama-3.1-8B figures as published "
-        "(H100-class GPU)",
+        "edge step a=4.6 ms, b=0.03 ms/seq: NIM 1.8.0's Llama-3.1-8B figures as published, "
+        "taken as one H100-class GPU: assumption",
         "edge prefill 0.03 ms/token: assumption",
     ),
 )
