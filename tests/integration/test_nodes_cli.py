@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from inhouse.config import GatewaySettings
+from inhouse.fleet.nodes import Tier
+from inhouse.node.registration import Registrar, Registration, register_url
 from tests.integration.fake_vllm import FakeVllm
 from tests.integration.server import InhouseProcess, free_port
 
@@ -36,8 +41,19 @@ def one_line_error(result: object) -> str:
 def test_add_detects_vllm_and_asks_it_for_its_models_with_the_token(tmp_path: Path) -> None:
     process = cli(tmp_path)
     with FakeVllm(models=("Qwen/Qwen2.5-7B-Instruct", "qwen-lora"), token=TOKEN) as vllm:
-        added = process.cli("nodes", "add", vllm.url, "--tier", "edge", "--memory", "80Gi",
-                            "--label", "site=shanghai", "--label", "rack=r12")  # fmt: skip
+        added = process.cli(
+            "nodes",
+            "add",
+            vllm.url,
+            "--tier",
+            "edge",
+            "--memory",
+            "80Gi",
+            "--label",
+            "site=shanghai",
+            "--label",
+            "rack=r12",
+        )
     assert "detected kind: vllm" in added.stdout
     assert "models from the node: Qwen/Qwen2.5-7B-Instruct, qwen-lora" in added.stdout
     name = f"127.0.0.1-{vllm.port}"
@@ -67,16 +83,34 @@ def test_add_detects_any_other_openai_server_and_keeps_the_given_options(tmp_pat
     process.cli("tenants", "create", "bank")
     with FakeVllm(models=("llama-3-8b",), token="llama-token", serve_metrics=False) as server:
         added = process.cli(
-            "nodes", "add", f"{server.base_url}/", "--tier", "center", "--name", "llama-1",
-            "--models", "llama=llama-3-8b,chat", "--token-env", "GPU_TOKEN", "--capacity", "4",
-            "--cost-per-1k", "0.002", "--fallback", "--tenant", "bank",
-        )  # fmt: skip
+            "nodes",
+            "add",
+            f"{server.base_url}/",
+            "--tier",
+            "center",
+            "--name",
+            "llama-1",
+            "--models",
+            "llama=llama-3-8b,chat",
+            "--token-env",
+            "GPU_TOKEN",
+            "--capacity",
+            "4",
+            "--cost-per-1k",
+            "0.002",
+            "--fallback",
+            "--tenant",
+            "bank",
+        )
         assert server.received == []  # asked, never sent a request
     assert "detected kind: openai" in added.stdout
     assert "does not list chat" in added.stderr  # a model the node does not list: a warning
     node = listed(process)["llama-1"]
-    assert (node["kind"], node["tier"], node["models"]) == ("openai", "center",
-                                                            "llama=llama-3-8b,chat")  # fmt: skip
+    assert (node["kind"], node["tier"], node["models"]) == (
+        "openai",
+        "center",
+        "llama=llama-3-8b,chat",
+    )
     assert (node["capacity"], node["tenant"], node["fallback"]) == ("4", "bank", "yes")
     assert node["url"] == server.url
 
@@ -88,8 +122,9 @@ def test_an_unreachable_node_is_registered_only_when_kind_and_models_are_given(
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"  # nothing listens there
     for args in ((), ("--kind", "vllm"), ("--models", "m")):
-        stderr = one_line_error(process.cli("nodes", "add", url, "--tier", "edge", *args,
-                                            check=False))  # fmt: skip
+        stderr = one_line_error(
+            process.cli("nodes", "add", url, "--tier", "edge", *args, check=False)
+        )
         assert "cannot ask the node" in stderr
     assert listed(process) == {}
     added = process.cli("nodes", "add", url, "--tier", "edge", "--kind", "vllm", "--models", "m")
@@ -110,16 +145,17 @@ def test_mistakes_are_one_line_errors(tmp_path: Path) -> None:
             (("--capacity", "0", "--name", "x"), "capacity"),
             (("--tenant", "ghost", "--name", "x"), "tenant 'ghost' does not exist"),
         ]:
-            stderr = one_line_error(process.cli("nodes", "add", vllm.url, "--tier", "edge", *args,
-                                                check=False))  # fmt: skip
+            stderr = one_line_error(
+                process.cli("nodes", "add", vllm.url, "--tier", "edge", *args, check=False)
+            )
             assert says in stderr, (args, stderr)
         vllm.token = "another-token"  # the node refuses ours: say so instead of guessing
-        stderr = one_line_error(process.cli("nodes", "add", vllm.url, "--tier", "edge",
-                                            "--name", "y", check=False))  # fmt: skip
+        stderr = one_line_error(
+            process.cli("nodes", "add", vllm.url, "--tier", "edge", "--name", "y", check=False)
+        )
         assert "401" in stderr and "token" in stderr
     credentials = "http://user:s3cret@127.0.0.1:9/v1"
-    stderr = one_line_error(process.cli("nodes", "add", credentials, "--tier", "edge",
-                                        check=False))  # fmt: skip
+    stderr = one_line_error(process.cli("nodes", "add", credentials, "--tier", "edge", check=False))
     assert "s3cret" not in stderr and "credentials" in stderr
     assert process.cli("nodes", "add", "http://h/v1", "--tier", "middle", check=False).returncode
     assert list(listed(process)) == ["gpu"]
@@ -198,8 +234,14 @@ def test_a_tenants_keys_cannot_see_or_change_nodes(gateway: InhouseProcess) -> N
 
 
 def test_a_node_registers_itself_with_the_fleet_token(gateway: InhouseProcess) -> None:
-    body = {"url": "http://10.9.9.9:9000", "tier": "edge", "models": ["small"], "capacity": 32,
-            "memory_bytes": 2**34, "name": "edge-9"}  # fmt: skip
+    body = {
+        "url": "http://10.9.9.9:9000",
+        "tier": "edge",
+        "models": ["small"],
+        "capacity": 32,
+        "memory_bytes": 2**34,
+        "name": "edge-9",
+    }
     with httpx.Client(base_url=gateway.base_url, timeout=30) as http:
         first = http.post("/v1/node/register", headers=bearer(TOKEN), json=body)
         assert first.status_code == 200, first.text
@@ -235,3 +277,51 @@ def test_without_a_node_token_self_registration_is_off(tmp_path: Path) -> None:
         server.stop()
     assert refused.status_code == 403, refused.text
     assert refused.json()["error"]["code"] == "node_registration_disabled"
+
+
+def test_a_nodes_registrar_registers_and_retries_failures_without_stopping(
+    gateway: InhouseProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    def registration(token: str, name: str) -> Registration:
+        return Registration(
+            gateway_url=gateway.base_url,
+            advertise_url=f"http://{name}:9000/v1",
+            tier=Tier.CENTER,
+            model="big",
+            token=token,
+            name=name,
+            heartbeat_seconds=0.5,
+        )
+
+    async def main() -> None:
+        good = Registrar(
+            registration(TOKEN, "center-7"),
+            GatewaySettings(),
+            ready=lambda: True,
+            capacity=lambda: 8,
+        )
+        bad = Registrar(
+            registration("wrong-token-0123456789", "center-8"),
+            GatewaySettings(),
+            ready=lambda: True,
+            capacity=lambda: 8,
+        )
+        good.start()
+        bad.start()
+        try:
+            await asyncio.wait_for(good.registered.wait(), 20)
+            await asyncio.sleep(1.0)  # a heartbeat or two, and the bad one's retries
+            assert not bad.registered.is_set()
+        finally:
+            await good.close()
+            await bad.close()
+
+    with caplog.at_level(logging.INFO, logger="inhouse.node.registration"):
+        asyncio.run(main())
+    nodes = listed(gateway)
+    assert nodes["center-7"]["tier"] == "center" and nodes["center-7"]["capacity"] == "8"
+    assert "center-8" not in nodes
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("registered with the gateway" in m for m in messages) == 1, messages
+    assert any("cannot register" in m and "401" in m for m in messages), messages
+    assert register_url("http://gw:8000/v1/") == "http://gw:8000/v1/node/register"
