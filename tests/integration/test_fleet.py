@@ -191,3 +191,33 @@ def test_killing_an_edge_node_under_load_fails_no_request(fleet: Fleet) -> None:
         time.sleep(0.3)
     # the routing test's three answered requests and the 200 here; the 400 has no row
     assert total == REQUESTS + 3
+
+
+def test_a_failing_center_hands_streams_and_calls_to_the_other_tier(fleet: Fleet) -> None:
+    headers = {"Authorization": f"Bearer {fleet.key}", "X-Inhouse-Tier": "center"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    fleet.center.fail_status = 500
+    try:
+        with httpx.Client(base_url=fleet.gateway.base_url, headers=headers, timeout=120) as http:
+            answered = http.post("/v1/chat/completions", json=body)
+            assert answered.status_code == 200, answered.text
+            assert answered.headers["X-Inhouse-Node"] == "edge-2"
+            reason = answered.headers["X-Inhouse-Route-Reason"]
+            assert reason == "hint=center; fallback_tier=edge"
+            with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+                assert s.status_code == 200
+                assert s.headers["X-Inhouse-Node"] == "edge-2"
+                events = [line for line in s.iter_lines() if line.startswith("data:")]
+            assert events[-1] == "data: [DONE]"
+            assert not any('"error"' in event for event in events)
+    finally:
+        fleet.center.fail_status = None
+    retried = metric_samples(fleet, "inhouse_fleet_requests_total")
+    center_retries = sum(
+        value
+        for labels, value in retried.items()
+        if dict(labels)["node"] == "center-1" and dict(labels)["outcome"] == "retried"
+    )
+    # The first was sent there and retried; the stream too, unless the failing polls
+    # had already ejected the center by then.
+    assert center_retries >= 1
