@@ -26,6 +26,7 @@ from inhouse.errors import ConfigurationError
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "default"})
 MIN_SECRET_LENGTH = 32
+MIN_NODE_TOKEN_LENGTH = 16
 
 
 class Environment(StrEnum):
@@ -222,7 +223,13 @@ class FleetSettings(BaseModel):
     queue_timeout_seconds: float = Field(
         default=30.0, gt=0.0, description="how long a request waits for a node with room"
     )
-    max_queued_requests: int = Field(default=1024, ge=0)
+    max_queued_requests: int = Field(default=1024, ge=1)
+    self_registration: bool = Field(
+        default=False,
+        description="accept POST /v1/node/register from nodes holding the node token: "
+        "every holder of the token may then add a node for any model name the gateway "
+        "does not serve itself",
+    )
     routing: dict[str, Any] = Field(
         default_factory=dict,
         description="the routing policy's settings (edge_max_prompt_tokens, center_tasks, "
@@ -285,6 +292,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"compliance_mode is on: audit.retention_days must be at least "
                 f"{COMPLIANCE_MIN_RETENTION_DAYS} (it is {self.audit.retention_days})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_short_node_tokens(self) -> Settings:
+        token = self.node_token.get_secret_value() if self.node_token else ""
+        if token and (len(token) < MIN_NODE_TOKEN_LENGTH or token.lower() in PLACEHOLDER_SECRETS):
+            raise ValueError(
+                f"INHOUSE_NODE_TOKEN must be a random value of at least "
+                f"{MIN_NODE_TOKEN_LENGTH} characters"
             )
         return self
 

@@ -202,7 +202,12 @@ def test_an_openai_node_is_polled_with_its_own_token(
 def test_a_real_node_registers_itself_and_the_monitor_reads_its_status(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gateway = InhouseProcess(tmp_path / "gateway", builtin_model=False, INHOUSE_NODE_TOKEN=TOKEN)
+    gateway = InhouseProcess(
+        tmp_path / "gateway",
+        builtin_model=False,
+        INHOUSE_NODE_TOKEN=TOKEN,
+        INHOUSE_FLEET__SELF_REGISTRATION="true",
+    )
     gateway.start()
     node = InhouseProcess(tmp_path / "node", INHOUSE_NODE_TOKEN=TOKEN)
     try:

@@ -57,8 +57,10 @@ def client(server: InhouseProcess, key: str) -> httpx.Client:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     directory = tmp_path_factory.mktemp("flow-admin")
     lexicons = directory / "lexicons"
-    lexicons.mkdir()
-    (lexicons / "finance.yaml").write_text(LEXICON)
+    (lexicons / "bank").mkdir(parents=True)
+    (lexicons / "bank" / "finance.yaml").write_text(LEXICON)
+    (lexicons / "insurer").mkdir()
+    (lexicons / "insurer" / "secret.yaml").write_text(LEXICON)  # another tenant's
     (directory / "secret.yaml").write_text(LEXICON)
     with FakeUpstream(reply_text="Diversify; nobody knows tomorrow's prices.") as upstream:
         server = InhouseProcess(
@@ -100,7 +102,8 @@ def test_validate_names_the_problem_and_lists_the_variables(world: World) -> Non
 
 def test_lexicons_outside_the_lexicon_directory_are_refused(world: World) -> None:
     spec = broker_spec()
-    for escape in ("../secret.yaml", str(world.server.data_dir.parent / "secret.yaml")):
+    outside = str(world.server.data_dir.parent / "secret.yaml")
+    for escape in ("../insurer/secret.yaml", "../../secret.yaml", outside):
         spec["pre"][1]["options"]["lexicon"] = escape
         for path in ("/admin/flows/validate", "/admin/tenants/bank/flows"):
             refused = world.developer.post(path, json={"spec": spec})
@@ -145,7 +148,8 @@ def test_apply_publish_show_and_roll_back_through_the_api(world: World) -> None:
         assert applied.status_code == 201, applied.text
     assert applied.json()["version"] == 2 and applied.json()["published"]
     stored = applied.json()["spec"]["pre"][1]["options"]["lexicon"]
-    assert stored == str((world.server.data_dir.parent / "lexicons" / "finance.yaml").resolve())
+    lexicons = world.server.data_dir.parent / "lexicons"
+    assert stored == str((lexicons / "bank" / "finance.yaml").resolve())
     openai_client = openai.OpenAI(
         base_url=f"{world.server.base_url}/v1", api_key=world.developer_key, max_retries=0
     )
@@ -201,11 +205,16 @@ def test_another_tenant_neither_sees_nor_changes_the_flows(world: World) -> None
     ]:
         response = world.outsider.request(method, path, json=body)
         assert response.status_code == 404, (method, path, response.text)
-    # Tested in the outsider's own tenant, the bank's model does not exist.
+    # Tried in the outsider's own tenant: the bank's lexicon is not in its folder ...
     sample = {"input": "hi", "variables": {"desk": "x"}}
     tried = world.outsider.post(
         "/admin/flows/test", json={"spec": broker_spec(), "inputs": [sample]}
     )
+    assert tried.status_code == 400, tried.text
+    assert tried.json()["error"]["param"] == "lexicon"
+    # ... and the bank's model does not exist there.
+    no_terms = {**broker_spec(), "pre": []}
+    tried = world.outsider.post("/admin/flows/test", json={"spec": no_terms, "inputs": [sample]})
     assert tried.status_code == 404 and tried.json()["error"]["code"] == "model_not_found"
 
 

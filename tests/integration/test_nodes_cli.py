@@ -22,7 +22,13 @@ TOKEN = "fleet-token-for-tests-0123456789"
 
 
 def cli(tmp_path: Path, **env: str) -> InhouseProcess:
-    return InhouseProcess(tmp_path / "data", builtin_model=False, INHOUSE_NODE_TOKEN=TOKEN, **env)
+    return InhouseProcess(
+        tmp_path / "data",
+        builtin_model=False,
+        INHOUSE_NODE_TOKEN=TOKEN,
+        INHOUSE_FLEET__SELF_REGISTRATION="true",
+        **env,
+    )
 
 
 def listed(process: InhouseProcess) -> dict[str, dict[str, str]]:
@@ -167,7 +173,9 @@ def test_mistakes_are_one_line_errors(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InhouseProcess]:
     data = tmp_path_factory.mktemp("nodes-api") / "data"
-    server = InhouseProcess(data, builtin_model=False, INHOUSE_NODE_TOKEN=TOKEN)
+    server = InhouseProcess(
+        data, builtin_model=False, INHOUSE_NODE_TOKEN=TOKEN, INHOUSE_FLEET__SELF_REGISTRATION="true"
+    )
     server.start()
     try:
         yield server
@@ -325,3 +333,20 @@ def test_a_nodes_registrar_registers_and_retries_failures_without_stopping(
     assert sum("registered with the gateway" in m for m in messages) == 1, messages
     assert any("cannot register" in m and "401" in m for m in messages), messages
     assert register_url("http://gw:8000/v1/") == "http://gw:8000/v1/node/register"
+
+
+def test_self_registration_is_off_unless_the_gateway_accepts_it(tmp_path: Path) -> None:
+    server = InhouseProcess(tmp_path / "data", builtin_model=False, INHOUSE_NODE_TOKEN=TOKEN)
+    server.start()
+    try:
+        url = f"{server.base_url}/v1/node/register"
+        body = {"url": "http://h", "tier": "edge", "models": ["m"], "capacity": 1}
+        refused = httpx.post(url, headers=bearer(TOKEN), json=body)
+        wrong = httpx.post(url, headers=bearer("x" * 32), json=body)
+        operator = httpx.post(url, headers=bearer(server.admin_key), json=body)
+    finally:
+        server.stop()
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "node_registration_disabled"
+    assert wrong.status_code == 401  # a wrong token is still told apart from a right one
+    assert operator.status_code == 200, operator.text  # an operator's key registers anyway

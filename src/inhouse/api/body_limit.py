@@ -38,8 +38,7 @@ class BodyLimit:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                await self.app(scope, _replay([message], receive), send)  # a disconnect
-                return
+                return  # the client left before its body arrived: nothing to answer
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:

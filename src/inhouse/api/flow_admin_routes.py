@@ -2,13 +2,15 @@
 
 A flow belongs to a tenant; a tenant named in the path is checked against the caller's
 scope first, as everywhere under /admin. Lexicon files named by specs sent here must lie
-in the lexicon directory (``INHOUSE_FLOWS__LEXICON_DIR``). Turning the visible
+in the tenant's folder of the lexicon directory (``INHOUSE_FLOWS__LEXICON_DIR/TENANT``),
+so no tenant learns anything of another's lexicons. Turning the visible
 AI-generated label off takes a tenant-admin (or a platform-admin).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -21,6 +23,7 @@ from inhouse.api.flow_routes import FlowRunRequest, FlowRunResult, chat_request,
 from inhouse.flows.runner import CompiledFlow
 from inhouse.flows.spec import flow_json_schema
 from inhouse.flows.store import FlowInfo, FlowVersion
+from inhouse.gateway.services import Services
 from inhouse.tenancy.models import Principal, Role
 from inhouse.tenancy.permissions import Permission, scope_tenant
 
@@ -94,6 +97,11 @@ class FlowTestReport(BaseModel):
     results: list[FlowRunResult]
 
 
+def _lexicons(services: Services, tenant: str) -> Path:
+    """Where a tenant's flows read their lexicon files from."""
+    return services.settings.resolved_lexicon_dir / tenant
+
+
 def _may_hide_label(principal: Principal) -> bool:
     return principal.role in (Role.TENANT_ADMIN, Role.PLATFORM_ADMIN)
 
@@ -105,10 +113,12 @@ def flow_schema(services: ServicesDep, _: FlowsReader) -> dict[str, Any]:
 
 
 @router.post("/flows/validate", response_model=FlowValidated)
-def validate_flow(body: FlowSpecBody, services: ServicesDep, _: FlowsReader) -> FlowValidated:
-    """Check a spec as ``apply`` would, without storing it."""
+def validate_flow(
+    body: FlowSpecBody, services: ServicesDep, principal: FlowsReader
+) -> FlowValidated:
+    """Check a spec as ``apply`` would for the caller's tenant, without storing it."""
     spec = services.control.flows.validate(
-        body.spec, lexicon_root=services.settings.resolved_lexicon_dir
+        body.spec, lexicon_root=_lexicons(services, principal.tenant_name)
     )
     return FlowValidated(
         valid=True, spec=spec.model_dump(mode="json"), variables=spec.model.variables
@@ -120,8 +130,7 @@ async def test_flow(body: FlowTestBody, services: ServicesDep, principal: Caller
     """Run a spec that is not published on sample inputs, in the caller's tenant: the
     model calls are real (and metered); the results carry each step's trace."""
     flows = services.control.flows
-    lexicons = services.settings.resolved_lexicon_dir
-    spec = flows.validate(body.spec, lexicon_root=lexicons)
+    spec = flows.validate(body.spec, lexicon_root=_lexicons(services, principal.tenant_name))
     flow = CompiledFlow(spec, flows.registry)
     results = []
     for sample in body.inputs:
@@ -147,7 +156,7 @@ def apply_flow(
         body.spec,
         actor=principal.key_id,
         may_hide_label=_may_hide_label(principal),
-        lexicon_root=services.settings.resolved_lexicon_dir,
+        lexicon_root=_lexicons(services, tenant),
     )
     return FlowVersionOut.of(applied)
 
@@ -179,5 +188,11 @@ def rollback_flow(
 ) -> FlowVersionOut:
     """Publish an earlier version (the previous one by default)."""
     scope_tenant(principal, tenant, changes=True)
-    published = services.control.flows.rollback(tenant, name, to=body.to, actor=principal.key_id)
+    published = services.control.flows.rollback(
+        tenant,
+        name,
+        to=body.to,
+        actor=principal.key_id,
+        may_hide_label=_may_hide_label(principal),
+    )
     return FlowVersionOut.of(published)

@@ -16,6 +16,7 @@ or an ``ihs_`` session) is authenticated as on every route and needs nodes:manag
 | a valid key without nodes:manage | 403 |
 | another token, on a gateway without a node token | 403 ``node_registration_disabled`` |
 | another token that is not the node token | 401 ``invalid_node_token`` |
+| the node token, ``INHOUSE_FLEET__SELF_REGISTRATION`` off | 403 ``node_registration_disabled`` |
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ class NodeCaller(Require):
             )
         if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
             raise AuthenticationError("Incorrect node token.", code="invalid_node_token")
+        if not services_of(request).settings.fleet.self_registration:
+            raise PermissionDeniedError(
+                "self-registration is off on this gateway (INHOUSE_FLEET__SELF_REGISTRATION)",
+                code="node_registration_disabled",
+            )
         return None
 
 

@@ -90,11 +90,12 @@ class Placement:
 class Refusal:
     reason: str
     """ASCII, naming what was missing: ``no_node_serves_model``, ``no_available_node``,
-    ``no_node_for_tenant``, ``all_nodes_excluded``, ``no_memory_headroom``, or
-    ``at_capacity`` (retryable)."""
+    ``no_node_for_tenant``, ``all_nodes_excluded``, ``no_memory_headroom``, or (retryable)
+    ``at_capacity`` and ``memory_busy``."""
     retryable: bool
-    """True: candidates with memory headroom exist but are full for this priority; queue
-    and retry when capacity frees. False: nothing can serve it now; answer 503."""
+    """True: candidates with memory headroom exist but are full for this priority, or
+    candidates short of memory are busy and large enough to have room once their requests
+    finish; queue and retry when capacity frees. False: nothing can serve it; answer 503."""
 
 
 def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int = 2) -> int:
@@ -131,6 +132,12 @@ def has_headroom(snapshot: NodeSnapshot, needed_bytes: int) -> bool:
     return free is None or free * 5 >= needed_bytes * 6
 
 
+def _frees_enough(snapshot: NodeSnapshot, needed_bytes: int) -> bool:
+    """Short of memory now, but busy and big enough: it has room once requests finish."""
+    memory = snapshot.spec.memory_bytes
+    return occupancy(snapshot) > 0 and (memory is None or memory * 5 >= needed_bytes * 6)
+
+
 def occupancy(snapshot: NodeSnapshot) -> int:
     """Sequences on the node: its own count, or this gateway's count when that is higher
     (a poll is seconds old; requests sent since then are in ``in_flight``)."""
@@ -158,7 +165,7 @@ def schedule(
     if needed_bytes < 0:
         raise ValueError("needed_bytes must not be negative")
     reserve = DEFAULT_RESERVE if reserve is None else reserve
-    served = available = visible = included = roomy = 0
+    served = available = visible = included = roomy = draining = 0
     best: list[tuple[tuple[float, float, str], NodeSnapshot] | None] = [None, None, None]
     for snapshot in nodes:
         spec = snapshot.spec
@@ -175,6 +182,7 @@ def schedule(
             continue
         included += 1
         if not has_headroom(snapshot, needed_bytes):
+            draining += _frees_enough(snapshot, needed_bytes)
             continue
         roomy += 1
         used = occupancy(snapshot)
@@ -192,6 +200,8 @@ def schedule(
             return Placement(chosen.id, chosen.tier, reason, fell_back=group > 0)
     if roomy:
         return Refusal("at_capacity", retryable=True)
+    if draining:
+        return Refusal("memory_busy", retryable=True)
     for count, reason in (
         (served, "no_node_serves_model"),
         (available, "no_available_node"),

@@ -144,9 +144,16 @@ class FlowStore:
             return [self._version(row, published=row.version == release.version) for row in rows]
 
     def rollback(
-        self, tenant_name: str, name: str, *, to: int | None = None, actor: str
+        self,
+        tenant_name: str,
+        name: str,
+        *,
+        to: int | None = None,
+        actor: str,
+        may_hide_label: bool = True,
     ) -> FlowVersion:
-        """Publish version ``to``, or the one before the published one."""
+        """Publish version ``to``, or the one before the published one (hiding the AI
+        label again takes what ``apply`` takes)."""
         with self._db.session() as session:
             tenant_id = _tenant_id(session, tenant_name)
             release = session.get(FlowReleaseRow, (tenant_id, name))
@@ -162,13 +169,23 @@ class FlowStore:
             row = session.get(FlowVersionRow, (tenant_id, name, target))
             if row is None:
                 raise NotFoundError(f"flow {name!r} has no version {target}", param="to")
+            version = self._version(row, published=True)
+            hidden = _hides_ai_label(version.spec)
+            if hidden and not may_hide_label:
+                raise PermissionDeniedError(
+                    f"version {target} hides the visible AI-generated label: only a "
+                    "tenant-admin may publish it",
+                    param="to",
+                    code="label_requires_tenant_admin",
+                )
             release.version = target
             release.updated_at = utcnow()
-            version = self._version(row, published=True)
+        details: dict[str, Any] = {"version": target, "previous": previous}
+        if hidden:
+            details["ai_label_visible"] = False
         self._audit.record(
-            AuditEvent(actor, "flow.rollback", tenant_id, target=f"flow:{name}",
-                       details={"version": target, "previous": previous})
-        )  # fmt: skip
+            AuditEvent(actor, "flow.rollback", tenant_id, target=f"flow:{name}", details=details)
+        )
         return version
 
     def list(self, tenant_name: str | None = None) -> list[FlowInfo]:
@@ -251,8 +268,8 @@ def _lexicon_path(given: str, root: Path | None, *, where: str) -> str:
     path = (base / given).resolve()
     if not path.is_relative_to(base):
         raise InvalidRequestError(
-            f"{where}: lexicon files are read from the lexicon directory only "
-            "(INHOUSE_FLOWS__LEXICON_DIR); give a path inside it",
+            f"{where}: lexicon files are read from the tenant's lexicon directory only "
+            "(INHOUSE_FLOWS__LEXICON_DIR/TENANT); give a path inside it",
             param=where,
         )
     return str(path)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,7 @@ from inhouse.errors import (
     InvalidRequestError,
     RateLimitError,
     UpstreamError,
+    UpstreamRejectedError,
 )
 from inhouse.fleet.dispatch_queue import DispatchQueue, QueueTicket
 from inhouse.fleet.health import FleetMonitor
@@ -56,7 +58,15 @@ from inhouse.tenancy.models import Principal
 
 _RECHECK_SECONDS = 0.25
 """A queued request looks again this often even unwoken: loads change with each poll."""
-_TASK_WORDS = {task: tuple(words) for task, words in DEFAULT_TASKS.items()}
+
+
+def _keyword(word: str) -> re.Pattern[str]:
+    """Latin keywords as whole words ('code', not 'postcode'); others anywhere."""
+    escaped = re.escape(word.casefold())
+    return re.compile(rf"\b{escaped}\b" if word.isascii() else escaped)
+
+
+_TASK_WORDS = {task: tuple(_keyword(w) for w in words) for task, words in DEFAULT_TASKS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +133,7 @@ def profile_of(
     about its length (most clients send none): it counts as 0 for routing."""
     texts = _texts(request)
     last = texts[-1].casefold() if texts else ""
-    found = {task for task, words in _TASK_WORDS.items() if any(w in last for w in words)}
+    found = {task for task, words in _TASK_WORDS.items() if any(w.search(last) for w in words)}
     turns = len(request.messages) if isinstance(request, ChatCompletionRequest) else 1
     return RequestProfile(
         model=request.model,
@@ -156,38 +166,42 @@ class _Dispatcher:
         needed_bytes: int,
         exclude: frozenset[str],
     ) -> Placement:
-        """A node for the request, its ``begin`` already counted; waits while all are full."""
-        queue = self._queues.setdefault(
-            model, DispatchQueue(max(1, self._settings.max_queued_requests))
-        )
+        """A node for the request, its ``begin`` already counted; waits while all are full.
+
+        A request tries at once; refused as full, it waits in the model's queue and tries
+        again whenever a node of that model frees a slot (waiters are woken in priority
+        order, so a high-priority request gets the first go) or every quarter second.
+        Waiting requests never block one that another node (its tenant's own, one with
+        more memory) can take now.
+        """
+        queue = self._queues.setdefault(model, DispatchQueue(self._settings.max_queued_requests))
         deadline = self._clock() + self._settings.queue_timeout_seconds
         ticket: QueueTicket | None = None
         wake = asyncio.Event()
         try:
             while True:
-                if self._my_turn(queue, ticket, priority):
-                    decision = schedule(
-                        self._monitor.snapshots(),
-                        model=model,
-                        tier=tier,
-                        priority=priority,
-                        tenant_id=tenant_id,
-                        needed_bytes=needed_bytes,
-                        exclude=exclude,
+                decision = schedule(
+                    self._monitor.snapshots(),
+                    model=model,
+                    tier=tier,
+                    priority=priority,
+                    tenant_id=tenant_id,
+                    needed_bytes=needed_bytes,
+                    exclude=exclude,
+                )
+                if isinstance(decision, Placement):
+                    self._monitor.begin(decision.node_id)
+                    return decision
+                if not decision.retryable:
+                    raise EngineUnavailableError(
+                        f"no node can serve the model '{model}' now ({decision.reason})"
                     )
-                    if isinstance(decision, Placement):
-                        self._monitor.begin(decision.node_id)
-                        return decision
-                    if not decision.retryable:
-                        raise EngineUnavailableError(
-                            f"no node can serve the model '{model}' now ({decision.reason})"
-                        )
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise RateLimitError(
                         f"every node serving '{model}' stayed busy for "
                         f"{self._settings.queue_timeout_seconds:g} s",
-                        retry_after_seconds=1.0,
+                        retry_after_seconds=self._settings.queue_timeout_seconds,
                         code="fleet_busy",
                     )
                 if ticket is None:
@@ -198,31 +212,21 @@ class _Dispatcher:
         finally:
             if ticket is not None:
                 queue.remove(ticket)
-                self.released(model)
 
-    @staticmethod
-    def _my_turn(
-        queue: DispatchQueue[asyncio.Event], ticket: QueueTicket | None, priority: Priority
-    ) -> bool:
-        """Queued: only at the head. New: only if nobody of its class or higher waits."""
-        if ticket is not None:
-            head = queue.peek()
-            return head is not None and head.ticket == ticket
-        return all(queue.count(p) == 0 for p in Priority if p <= priority)
-
-    def released(self, model: str) -> None:
-        """A node's slot is free again: the head of the model's queue tries at once."""
-        queue = self._queues.get(model)
-        head = queue.peek() if queue is not None else None
-        if head is not None:
-            head.item.set()
+    def released(self, models: Iterable[str]) -> None:
+        """A node serving ``models`` has a free slot: their waiters try again, high first."""
+        for model in models:
+            queue = self._queues.get(model)
+            if queue is not None:
+                for waiter in queue.waiting():
+                    waiter.item.set()
 
 
 class _NodeUse:
     """One request on one node: ``begin`` was counted; ``done`` ends it exactly once."""
 
-    def __init__(self, calls: FleetCalls, spec: NodeSpec, model: str) -> None:
-        self._calls, self.spec, self._model = calls, spec, model
+    def __init__(self, calls: FleetCalls, spec: NodeSpec) -> None:
+        self._calls, self.spec = calls, spec
         self._done = False
 
     def done(self, *, ok: bool) -> None:
@@ -230,7 +234,7 @@ class _NodeUse:
             return
         self._done = True
         self._calls.monitor.end(self.spec.id, ok=ok)
-        self._calls.dispatcher.released(self._model)
+        self._calls.dispatcher.released(self.spec.models)
 
 
 class FleetCalls:
@@ -265,6 +269,21 @@ class FleetCalls:
             for s in self.monitor.snapshots()
         ]  # fmt: skip
 
+    @property
+    def created(self) -> datetime:
+        return self._created
+
+    def models(self, tenant_id: str) -> list[str]:
+        """The model names registered nodes serve to the tenant, sorted."""
+        return sorted(
+            {
+                name
+                for s in self.monitor.snapshots()
+                if s.spec.tenant_id in (None, tenant_id)
+                for name in s.spec.models
+            }
+        )
+
     def serves(self, model: str, tenant_id: str) -> bool:
         """Whether a registered node (healthy or not) serves the model to the tenant."""
         return any(
@@ -284,8 +303,12 @@ class FleetCalls:
         )
 
     def policy_for(self, tenant_name: str, hints: RouteHints) -> RoutingPolicy:
-        policy = self._tenant_policies.get(tenant_name, self._policy)
-        return policy.merged(hints.policy) if hints.policy else policy
+        """The defaults, then a flow's overrides, then the operator's for the tenant: a
+        tenant's own flow cannot undo what the operator set for that tenant."""
+        if not hints.policy:
+            return self._tenant_policies.get(tenant_name, self._policy)
+        tenant = self._settings.fleet.tenant_routing.get(tenant_name, {})
+        return self._policy.merged(hints.policy).merged(tenant)
 
     async def answer(
         self,
@@ -321,7 +344,7 @@ class FleetCalls:
                 if failure is not None:
                     break  # every node that could serve it has failed this request
                 raise
-            use = _NodeUse(self, self.monitor.spec(placement.node_id), model)
+            use = _NodeUse(self, self.monitor.spec(placement.node_id))
             entry = self.entry(model, use.spec)
             on_placed(entry)
             headers = _headers(use.spec, decision, placement)
@@ -329,9 +352,12 @@ class FleetCalls:
                 reply = await self._send(
                     use, request, entry, priority, path, request_id, headers, on_finish
                 )
-            except (UpstreamError, RateLimitError) as exc:
-                # The node failed (or was full) before answering: nothing reached the
-                # caller, so another node may answer.
+            except (UpstreamError, RateLimitError, UpstreamRejectedError) as exc:
+                if isinstance(exc, UpstreamRejectedError) and exc.status_code != 404:
+                    use.done(ok=True)  # the request itself was refused: relayed as it is
+                    raise
+                # The node failed, was full, or does not have the model it was registered
+                # with (404): nothing reached the caller, so another node may answer.
                 use.done(ok=isinstance(exc, RateLimitError))
                 self._metrics.observe_fleet(
                     use.spec.name, use.spec.tier, _rule(decision), "retried"
@@ -345,6 +371,8 @@ class FleetCalls:
             self._metrics.observe_fleet(use.spec.name, use.spec.tier, _rule(decision), "sent")
             return reply
         assert failure is not None
+        if isinstance(failure, RateLimitError):
+            raise failure  # every node tried was full: 429 with Retry-After
         raise UpstreamError(f"{len(tried)} nodes failed this request; the last: {failure.message}")
 
     async def _send(

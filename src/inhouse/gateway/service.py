@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from inhouse.engine.base import Priority, TokenUsage
-from inhouse.errors import EngineUnavailableError, InhouseError
+from inhouse.errors import EngineUnavailableError, InhouseError, NotFoundError
 from inhouse.flows.runner import CompiledFlow
 from inhouse.gateway import flow_calls, local_calls, remote_calls
 from inhouse.gateway.admission import Admission, GenerationCall
@@ -140,6 +140,13 @@ class Gateway:
             for e in self.engines.entries()
             if e.visible_to(principal.tenant_id)
         ]
+        if self.fleet is not None:
+            known = {card.id for card in cards}
+            cards += [
+                ModelCard(id=name, created=int(self.fleet.created.timestamp()), owned_by="fleet")
+                for name in self.fleet.models(principal.tenant_id)
+                if name not in known
+            ]
         return ModelList(data=cards)
 
     async def chat(
@@ -185,12 +192,7 @@ class Gateway:
     ) -> Reply:
         call = _Call(self, principal, endpoint, request.stream)
         try:
-            fleet = self.fleet
-            if fleet is not None and fleet.serves(request.model, principal.tenant_id):
-                entry = fleet.entry(request.model)
-            else:
-                fleet = None
-                entry = self.engines.resolve(request.model, tenant_id=principal.tenant_id)
+            entry, fleet = self._resolve(request.model, principal)
             call.model = entry.name
             priority = Priority.NORMAL
             if self.admission is not None:
@@ -227,6 +229,16 @@ class Gateway:
                 headers=reply.headers,
             )
         return reply
+
+    def _resolve(self, model: str, principal: Principal) -> tuple[ModelEntry, FleetCalls | None]:
+        """The gateway's own models (local, remote) first; a name only nodes serve goes to
+        the fleet, so a node cannot take over a model the operator registered."""
+        try:
+            return self.engines.resolve(model, tenant_id=principal.tenant_id), None
+        except NotFoundError:
+            if self.fleet is None or not self.fleet.serves(model, principal.tenant_id):
+                raise
+            return self.fleet.entry(model), self.fleet
 
     async def _answer_on_fleet(
         self,

@@ -360,3 +360,12 @@ def test_a_placement_never_breaks_a_rule_and_ignores_input_order(
         return (s.spec.capacity - occupancy(s)) / s.spec.capacity
 
     assert spare(placed) == max(spare(s) for s in group)
+
+
+def test_a_busy_node_short_of_memory_makes_the_refusal_retryable() -> None:
+    busy = node("busy", memory_free=100, running=3)
+    assert place([busy], needed=1000) == Refusal("memory_busy", retryable=True)
+    # idle and still short: waiting would not help
+    assert place([node("idle", memory_free=100)], needed=1000) == Refusal(
+        "no_memory_headroom", retryable=False
+    )

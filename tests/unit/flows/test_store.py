@@ -101,6 +101,12 @@ def test_only_an_admin_may_hide_the_ai_label(store: FlowStore) -> None:
     assert store.list("bank") == []
     assert store.apply("bank", spec("shown"), actor="ih-dev", may_hide_label=False).version == 1
     assert store.apply("bank", hidden, actor="ih-admin", may_hide_label=True).version == 1
+    shown = {**hidden, "post": [{"type": "label"}]}
+    assert store.apply("bank", shown, actor="ih-dev", may_hide_label=False).version == 2
+    with pytest.raises(PermissionDeniedError, match="hides the visible"):
+        store.rollback("bank", "quiet", actor="ih-dev", may_hide_label=False)
+    assert store.show("bank", "quiet").version == 2  # still the labelled one
+    assert store.rollback("bank", "quiet", actor="ih-admin").version == 1
 
 
 LEXICON = "version: 1\ncategories:\n  fraud: {action: flag, terms: [insider tip]}\n"

@@ -127,23 +127,44 @@ async def _test_waiting_requests_get_a_freed_slot_high_priority_first() -> None:
     assert order == [Priority.HIGH, Priority.NORMAL]
 
 
-def test_a_newcomer_does_not_overtake_waiters_of_its_class() -> None:
-    asyncio.run(_test_a_newcomer_does_not_overtake_waiters_of_its_class())
+def test_waiting_requests_never_block_one_that_another_node_can_take() -> None:
+    asyncio.run(_test_waiting_requests_never_block_one_that_another_node_can_take())
 
 
-async def _test_a_newcomer_does_not_overtake_waiters_of_its_class() -> None:
-    monitor = FakeMonitor(node("a", capacity=1))
+async def _test_waiting_requests_never_block_one_that_another_node_can_take() -> None:
+    shared = node("shared", capacity=1)
+    private = NodeSpec("own", "own", "http://own/v1", Tier.EDGE, NodeKind.OPENAI, {"m": "m"},
+                       capacity=1, tenant_id="a")  # fmt: skip
+    monitor = FakeMonitor(shared, private)
     d = dispatcher(monitor)
-    await place(d, Priority.HIGH)
-    first = asyncio.create_task(place(d, Priority.HIGH))
+    first = await d.place(model="m", tier=Tier.EDGE, priority=Priority.HIGH, tenant_id="b",
+                          needed_bytes=0, exclude=frozenset())  # fmt: skip
+    assert first.node_id == "shared"
+    waiting = asyncio.create_task(
+        d.place(
+            model="m",
+            tier=Tier.EDGE,
+            priority=Priority.HIGH,
+            tenant_id="b",
+            needed_bytes=0,
+            exclude=frozenset(),
+        )
+    )
     await asyncio.sleep(0.01)
-    monitor.end("a")  # freed, but nobody told the dispatcher yet
-    second = asyncio.create_task(place(d, Priority.HIGH))
-    await asyncio.sleep(0.01)
-    assert not second.done()  # it queues behind the first rather than taking the slot
-    await asyncio.wait_for(first, 1)  # the first finds it at its next look
-    assert not second.done()
-    second.cancel()
+    assert not waiting.done()  # B waits for the shared node
+    own = await asyncio.wait_for(
+        d.place(
+            model="m",
+            tier=Tier.EDGE,
+            priority=Priority.LOW,
+            tenant_id="a",
+            needed_bytes=0,
+            exclude=frozenset(),
+        ),
+        0.1,
+    )
+    assert own.node_id == "own"  # A's idle node serves A at once, B's wait notwithstanding
+    waiting.cancel()
 
 
 def test_waiting_ends_with_429_and_no_node_is_503() -> None:
