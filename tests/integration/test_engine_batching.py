@@ -107,8 +107,9 @@ def test_an_abandoned_stream_leaves_the_batch() -> None:
 
 
 def test_int8_perplexity_stays_near_float32(reference: tuple[Any, Any]) -> None:
-    """A guard against regressions: int8 measures +12% (AVX2) to +19% (AVX-512) over
-    float32 depending on the CPU's int8 kernels; the target is +5% (docs/benchmarks.md)."""
+    """int8 (smoothed, per-token activations) measures 61.75 against float32's 59.82
+    (+3.2%) on this held-out text, which calibration never sees; the bound is the +5%
+    target of the engine issue (docs/benchmarks.md)."""
     model, tokenizer = reference
     text = (REPO / "tests" / "data" / "heldout.txt").read_text()
     float32 = perplexity(model, tokenizer, text)
@@ -118,7 +119,7 @@ def test_int8_perplexity_stays_near_float32(reference: tuple[Any, Any]) -> None:
     )
     int8 = perplexity(quantised, tokenizer, text)
     assert 1.0 < float32 < 100.0
-    assert int8 <= float32 * 1.25, (float32, int8)
+    assert int8 <= float32 * 1.05, (float32, int8)
 
 
 def test_each_precision_answers_correctly() -> None:

@@ -1,0 +1,197 @@
+"""Scale migration for int8: exact in float32, deterministic, and the int8 layer."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from inhouse.config import Precision
+from inhouse.engine import smoothing
+from inhouse.engine.precision import INT8_FORMAT, Int8Linear, apply_precision
+from tests.conftest import REPO
+
+SIZES: dict[str, Any] = {
+    "vocab_size": 96,
+    "hidden_size": 64,
+    "intermediate_size": 160,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # grouped-query attention: two query heads per kv head
+    "head_dim": 16,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+}
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),  # with q/k/v biases
+}
+
+
+def tiny_model(family: str = "llama", seed: int = 0) -> Any:
+    """A random decoder whose norms carry outlier channels, as trained models' do."""
+    config_class, model_class = FAMILIES[family]
+    torch.manual_seed(seed)
+    model = model_class(config_class(**SIZES)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.uniform_(0.5, 1.5)
+                parameter[torch.randint(0, parameter.numel(), (3,))] *= 30.0
+            elif name.endswith("bias"):
+                parameter.normal_(0.0, 0.1)
+    return model
+
+
+def token_ids(seed: int = 1, length: int = 40) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, SIZES["vocab_size"], (1, length), generator=generator)
+
+
+def logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=ids).logits.float()
+
+
+def random_scales(model: Any, seed: int = 2) -> smoothing.MigrationScales:
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(size: int) -> torch.Tensor:
+        return torch.exp(torch.empty(size).uniform_(-2.0, 2.0, generator=generator))
+
+    hidden = SIZES["hidden_size"]
+    kv_channels = SIZES["num_key_value_heads"] * SIZES["head_dim"]
+    layers = tuple(
+        smoothing.LayerScales(
+            qkv=draw(hidden),
+            o_proj=draw(kv_channels),
+            gate_up=draw(hidden),
+            down_proj=draw(SIZES["intermediate_size"]),
+        )
+        for _ in model.model.layers
+    )
+    return smoothing.MigrationScales(layers=layers, lm_head=draw(hidden), alphas=())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_migration_with_any_positive_scales_keeps_the_logits(family: str) -> None:
+    model = tiny_model(family)
+    ids = token_ids()
+    before = logits(model, ids)
+    smoothing.migrate(model, random_scales(model))
+    torch.testing.assert_close(logits(model, ids), before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_calibrated_migration_keeps_the_logits(family: str) -> None:
+    model = tiny_model(family)
+    assert smoothing.supports_smoothing(model)
+    ids = token_ids()
+    before = logits(model, ids)
+    scales = smoothing.calibrate(model, ids, INT8_FORMAT)
+    smoothing.migrate(model, scales)
+    after = logits(model, ids)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert any(alpha is not None for alpha in scales.alphas)  # something did move
+
+
+def test_scales_are_finite_and_positive_for_every_alpha() -> None:
+    model = tiny_model()
+    for alphas in [smoothing.DEFAULT_ALPHAS, (0.0,), (0.5,), (1.0,)]:
+        scales = smoothing.calibrate(model, token_ids(), INT8_FORMAT, alphas=alphas)
+        tensors = [scales.lm_head] + [
+            t for layer in scales.layers for t in (layer.qkv, layer.o_proj, layer.gate_up)
+        ]
+        tensors += [layer.down_proj for layer in scales.layers]
+        for tensor in tensors:
+            assert bool(torch.isfinite(tensor).all()) and bool((tensor > 0).all())
+        assert scales.layers[0].o_proj.shape == (SIZES["num_key_value_heads"] * SIZES["head_dim"],)
+
+
+def test_calibration_is_deterministic() -> None:
+    first = smoothing.calibrate(tiny_model(), token_ids(), INT8_FORMAT)
+    second = smoothing.calibrate(tiny_model(), token_ids(), INT8_FORMAT)
+    assert first.alphas == second.alphas
+    for one, other in zip(first.layers, second.layers, strict=True):
+        for name in ("qkv", "o_proj", "gate_up", "down_proj"):
+            assert torch.equal(getattr(one, name), getattr(other, name))
+    assert torch.equal(first.lm_head, second.lm_head)
+
+
+def test_calibration_does_not_change_the_model() -> None:
+    model = tiny_model()
+    state = copy.deepcopy(model.state_dict())
+    smoothing.calibrate(model, token_ids(), INT8_FORMAT)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_untying_keeps_outputs_and_separates_the_weights() -> None:
+    model = tiny_model()
+    ids = token_ids()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    before = logits(model, ids)
+    smoothing.untie_output_layer(model)
+    torch.testing.assert_close(logits(model, ids), before, rtol=0, atol=0)
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    assert model.config.tie_word_embeddings is False
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
+def test_calibration_text_ships_and_is_not_the_heldout_text() -> None:
+    text = smoothing.calibration_text()
+    assert len(text) > 2000
+    assert any("\u4e00" <= char <= "\u9fff" for char in text)  # some Chinese
+    assert "def " in text  # some code
+    heldout = (REPO / "tests" / "data" / "heldout.txt").read_text()
+    sentences = {s.strip() for s in heldout.replace("\n", " ").split(".") if len(s.strip()) > 20}
+    assert not any(sentence in text for sentence in sentences)
+
+
+def test_int8_linear_is_close_to_float_and_quantises_per_token() -> None:
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(64, 48)
+    quantised = Int8Linear(linear)
+    rows = torch.randn(1, 5, 64)
+    with torch.inference_mode():
+        exact = linear(rows)
+        error = (quantised(rows) - exact).abs().max() / exact.abs().max()
+        assert float(error) < 0.03
+        single = quantised(rows[:, :1])
+        torch.testing.assert_close(single, quantised(rows)[:, :1], rtol=0.02, atol=0.02)
+        # A token a thousand times larger does not coarsen the others' grid.
+        loud = torch.cat([rows, rows[:, :1] * 1000.0], dim=1)
+        torch.testing.assert_close(quantised(loud)[:, :5], quantised(rows), rtol=1e-4, atol=1e-4)
+
+
+class _Tokenizer:
+    """Maps each character to a token id, enough to calibrate the tiny model."""
+
+    def __call__(self, text: str, return_tensors: str) -> Any:
+        ids = torch.tensor([[ord(char) % SIZES["vocab_size"] for char in text]])
+        return type("Encoded", (), {"input_ids": ids})()
+
+
+def test_apply_precision_int8_quantises_every_linear_and_keeps_the_answers_close() -> None:
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    ids = token_ids(length=24)
+    apply_precision(model, Precision.INT8, tokenizer=_Tokenizer())
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert isinstance(model.lm_head, Int8Linear)
+    expected, got = logits(reference, ids), logits(model, ids)
+    assert float((got - expected).abs().max() / expected.abs().max()) < 0.1
+    assert apply_precision(reference, Precision.FLOAT32) is reference
