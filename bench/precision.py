@@ -4,7 +4,8 @@ Variants: float32, bfloat16, the int8 of earlier releases (``torch.ao`` dynamic
 quantisation: 8-bit weights, 7-bit activations per tensor, keeping ``down_proj`` and
 ``lm_head`` in float32), that int8 on every Linear layer, SmoothQuant scale migration in
 front of it, and the shipped int8 (``Int8Linear``: per-token activations) without
-smoothing, with one fixed ``alpha``, and with the per-group ``alpha`` search. For each,
+smoothing, with one fixed ``alpha``, and with the per-group ``alpha`` search (with and
+without running the projections that share an input in one kernel call). For each,
 it prints perplexity on the held-out text of the tests (calibration uses the packaged
 calibration text, never that one) and raw decode speed (one model forward per token
 with a KV cache) at batch 1 and 16, each as a ratio to float32. All models are built
@@ -29,7 +30,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inhouse.config import Precision
 from inhouse.engine import smoothing
-from inhouse.engine.precision import INT8_FORMAT, apply_precision, quantise_linear_layers
+from inhouse.engine.int8_layers import INT8_FORMAT, quantise_linear_layers
+from inhouse.engine.precision import apply_precision
 from inhouse.engine.quality import perplexity
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +96,10 @@ def variants(tokenizer: Any) -> dict[str, Callable[[], Any]]:
         "per-token int8 + SmoothQuant alpha 0.5": lambda: quantise_linear_layers(
             smoothed(tokenizer, (0.5,))
         ),
-        "per-token int8 + alpha search (shipped)": lambda: apply_precision(
+        "per-token int8 + alpha search, one call per layer": lambda: quantise_linear_layers(
+            smoothed(tokenizer), share_inputs=False
+        ),
+        "per-token int8 + alpha search, shared inputs (shipped)": lambda: apply_precision(
             load(), Precision.INT8, tokenizer=tokenizer
         ),
         "shipped, lm_head float32": lambda: quantise_linear_layers(
