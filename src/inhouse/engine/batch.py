@@ -3,7 +3,8 @@
 Rows are left-padded to a common length. The attention mask hides the padding and
 each row's position ids count only its real tokens, so a sequence computes the same
 thing in the batch as alone. When a row leaves, columns that are padding in every
-remaining row are cut off, so the cache never holds more than the longest sequence.
+remaining row are cut off, so the cache never holds more than the longest sequence
+(plus the spare room of ``kv_cache.GrowingLayer``, which spares each step a copy).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+
+from inhouse.engine.kv_cache import growing
 
 
 class RunningBatch:
@@ -88,7 +91,7 @@ class RunningBatch:
     def _join(self, seq_id: int, cache: DynamicCache, length: int) -> None:
         mask = torch.ones((1, length), dtype=torch.long)
         if self._cache is None:
-            self._cache, self._mask = cache, mask
+            self._cache, self._mask = growing(cache), mask
         else:
             width = max(self._mask.shape[1], length)
             merged = [
@@ -98,7 +101,7 @@ class RunningBatch:
                 )
                 for old, new in zip(_layers(self._cache), _layers(cache), strict=True)
             ]
-            self._cache = DynamicCache(ddp_cache_data=merged)
+            self._cache = growing(DynamicCache(ddp_cache_data=merged))
             self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
         self.seq_ids.append(seq_id)
         self._positions = torch.cat([self._positions, torch.tensor([length])])
