@@ -26,6 +26,8 @@ system gets the same prompts in the same order. Systems:
   context for every slot, same requests through its OpenAI-compatible API. It is built once from
   the ``llama-cpp-python`` sdist (which vendors llama.cpp) into ``bench/.cache-llama``: about
   10-30 minutes on two cores the first time; when the build fails the system is skipped.
+  When ``llama-server`` dies of a signal at start (its AMX kernels do on some virtual machines),
+  it is started again with ``--no-repack`` and the summary says so.
 
 Per cell: aggregate generated tokens/s (all tokens over the wall time of the cell), p50 and p99
 request latency, p50 time to first token, peak RSS of the serving process (``VmHWM`` of its
@@ -272,6 +274,7 @@ def run_llamacpp(
                 raise llamacpp.BuildError(f"warm-up request failed: {error}")
             row = http_cell("llamacpp", server.base_url, None, conc, args)
             row["peak_rss_bytes"] = mem.tree_bytes(server.proc.pid, "VmHWM")
+            row["no_repack"] = server.no_repack
         finally:
             children.stop(server.proc)
         _progress(row)
@@ -422,6 +425,11 @@ def summary_lines(rows: list[Row]) -> list[str]:
         lines.append(
             f"WARNING: other processes used over {BUSY_CORES} cores during {cells}"
             " ('other CPU'): those numbers are unreliable; rerun on an idle machine"
+        )
+    if any(r.get("no_repack") for r in rows):
+        lines.append(
+            f"llama.cpp ran with {llamacpp.NO_REPACK}: it crashed at start without it on this"
+            " machine"
         )
     c_hi = max((r["concurrency"] for r in rows), default=0)
     for row in rows:

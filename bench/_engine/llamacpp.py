@@ -129,13 +129,19 @@ def build(jobs: int = 2) -> Path:
     return binary
 
 
+# Started with this flag, llama-server keeps the weights in the GGUF's own layout instead
+# of the CPU's extra matrix buffers (repacked blocks, AMX tiles).
+NO_REPACK = "--no-repack"
+
+
 @dataclass
 class Server:
-    """A running ``llama-server``: its process and base URL."""
+    """A running ``llama-server``: its process, base URL, and whether repacking is off."""
 
     proc: subprocess.Popen[Any]
     base_url: str
     log: Path
+    no_repack: bool = False
 
 
 def start_server(
@@ -147,11 +153,37 @@ def start_server(
     threads: int,
     workdir: Path,
 ) -> Server:
-    """Start ``llama-server`` with ``slots`` parallel sequences; returns once ``/health`` is 200."""
+    """Start ``llama-server`` with ``slots`` parallel sequences; returns once ``/health`` is 200.
+
+    When it crashes at start (a signal: on some virtual machines its AMX kernels do, as
+    the CPU reports AMX but the first tile multiply faults), it is started once more with
+    ``--no-repack``, and the server says so."""
+    try:
+        return _start(children, binary, gguf, slots, ctx_per_slot, threads, workdir, ())
+    except _Crashed as crash:
+        print(f"[llamacpp] {crash}; starting it again with {NO_REPACK}", flush=True)
+    return _start(children, binary, gguf, slots, ctx_per_slot, threads, workdir, (NO_REPACK,))
+
+
+class _Crashed(BuildError):
+    pass
+
+
+def _start(
+    children: Children,
+    binary: Path,
+    gguf: Path,
+    slots: int,
+    ctx_per_slot: int,
+    threads: int,
+    workdir: Path,
+    extra: tuple[str, ...],
+) -> Server:
     port = free_port()
     cmd = [str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--parallel", str(slots), "--ctx-size", str(slots * ctx_per_slot)]
     cmd += ["--threads", str(threads), "--threads-batch", str(threads), "--jinja", "--no-webui"]
+    cmd += extra
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env.update(LOOPBACK_NO_PROXY)
     log = workdir / f"llama-server-{slots}.log"
@@ -160,8 +192,10 @@ def start_server(
     why = wait_ready(f"{base_url}/health", proc, READY_TIMEOUT_S)
     if why is not None:
         children.stop(proc)
+        if proc.returncode is not None and proc.returncode < 0 and NO_REPACK not in extra:
+            raise _Crashed(f"llama-server died of signal {-proc.returncode} at start")
         raise BuildError(f"llama-server not ready: {why}\n{tail(log)}")
-    return Server(proc, base_url, log)
+    return Server(proc, base_url, log, no_repack=NO_REPACK in extra)
 
 
 def main() -> int:
