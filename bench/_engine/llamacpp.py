@@ -186,14 +186,17 @@ def _start(
     cmd += extra
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env.update(LOOPBACK_NO_PROXY)
-    log = workdir / f"llama-server-{slots}.log"
+    suffix = "-no-repack" if NO_REPACK in extra else ""
+    log = workdir / f"llama-server-{slots}{suffix}.log"
     proc = children.spawn(cmd, env, workdir, log)
     base_url = f"http://127.0.0.1:{port}"
     why = wait_ready(f"{base_url}/health", proc, READY_TIMEOUT_S)
     if why is not None:
+        # Read before stopping it: a server stopped for being slow also ends by a signal.
+        code = proc.poll()
         children.stop(proc)
-        if proc.returncode is not None and proc.returncode < 0 and NO_REPACK not in extra:
-            raise _Crashed(f"llama-server died of signal {-proc.returncode} at start")
+        if code is not None and code < 0 and NO_REPACK not in extra:
+            raise _Crashed(f"llama-server died of signal {-code} at start (log: {log})")
         raise BuildError(f"llama-server not ready: {why}\n{tail(log)}")
     return Server(proc, base_url, log, no_repack=NO_REPACK in extra)
 

@@ -2,9 +2,11 @@
 
 Rows are left-padded to a common length. The attention mask hides the padding and
 each row's position ids count only its real tokens, so a sequence computes the same
-thing in the batch as alone. When a row leaves, columns that are padding in every
-remaining row are cut off, so the cache never holds more than the longest sequence
-(plus the spare room of ``kv_cache.GrowingLayer``, which spares each step a copy).
+thing in the batch as alone (in float32 and bfloat16; int8 activations share a grid
+range across the rows of a step, see ``int8_layers.Int8Linear``). When a row leaves,
+columns that are padding in every remaining row are cut off, so the cache never holds
+more than the longest sequence (plus the spare room of ``kv_cache.GrowingLayer``, which
+spares each step a copy).
 """
 
 from __future__ import annotations

@@ -11,12 +11,28 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from inhouse.engine.smoothing import Int8Format
+
+@dataclass(frozen=True)
+class Int8Format:
+    """The integer grid the kernels use: symmetric per-output-channel weights in
+    ``[-weight_max, weight_max]`` and ``activation_levels`` steps per token across
+    ``[-peak, peak]`` (the error model of ``smoothing``'s search)."""
+
+    weight_max: int
+    activation_levels: int
+
+    def weight_steps(self, row_peaks: torch.Tensor) -> torch.Tensor:
+        return row_peaks / self.weight_max
+
+    def activation_steps(self, row_peaks: torch.Tensor) -> torch.Tensor:
+        return row_peaks * (2.0 / self.activation_levels)
+
 
 # Weights on [-64, 64] and activations on 256 levels: on a CPU without VNNI, the int8
 # kernel adds pairs of u8 x s8 products in int16 with saturation, and 2 * 255 * 64 still
@@ -32,17 +48,21 @@ _TINY = 1e-12
 
 
 class Int8Linear(nn.Module):
-    """A Linear layer with int8 weights and per-token int8 activations.
+    """A Linear layer with int8 weights and int8 activations scaled per token.
 
-    The kernel quantises its input on one scale per call; dividing each row by its
-    largest magnitude first (and multiplying the output rows back) makes that scale
-    per token, exactly, since the layer is linear. A single row, as in a batch-1
-    decode step, needs no division.
+    The kernel quantises its input on one grid per call, spanning the smallest and
+    largest value of the whole input. Dividing each row by its largest magnitude first
+    (and multiplying the output rows back, exact for a linear layer) puts every token on
+    its own scale, so one loud token does not coarsen the others' steps; the grid's
+    range is still shared by the rows of one call. A single row, as in a batch-1 decode
+    step, needs no division, and gets the kernel's grid over its own minimum and maximum.
     """
 
-    def __init__(self, linear: nn.Linear, fmt: Int8Format = INT8_FORMAT) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: Int8Format = INT8_FORMAT
+    ) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()
+        weight = weight.detach().float()
         step = weight.abs().amax(dim=1).clamp(min=_TINY) / fmt.weight_max
         # Every row's largest weight lands on +-weight_max, and ties round to even.
         # ``torch.quantize_per_channel`` rounds ``w * (1 / step)`` instead, which pushes
@@ -58,9 +78,12 @@ class Int8Linear(nn.Module):
                 grid.to(torch.int8), step.double(), torch.zeros_like(step, dtype=torch.long), 0
             )
             self._packed = torch.ops.quantized.linear_prepack(quantised, None)
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float())
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, fmt: Int8Format = INT8_FORMAT) -> Int8Linear:
+        return cls(linear.weight, linear.bias, fmt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == x.shape[-1]:
@@ -75,20 +98,16 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def stacked(linears: Sequence[nn.Linear]) -> nn.Linear:
-    """One Linear layer whose output is the outputs of ``linears`` side by side."""
+def stacked(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias of one layer whose output is ``linears``' side by side."""
     weight = torch.cat([linear.weight.detach().float() for linear in linears])
-    has_bias = any(linear.bias is not None for linear in linears)
-    result = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias)
-    with torch.no_grad():
-        result.weight.copy_(weight)
-        if result.bias is not None:
-            parts = [
-                torch.zeros(linear.out_features) if linear.bias is None else linear.bias.detach()
-                for linear in linears
-            ]
-            result.bias.copy_(torch.cat(parts))
-    return result
+    if all(linear.bias is None for linear in linears):
+        return weight, None
+    parts = [
+        torch.zeros(linear.out_features) if linear.bias is None else linear.bias.detach().float()
+        for linear in linears
+    ]
+    return weight, torch.cat(parts)
 
 
 class SharedInputProjections(nn.Module):
@@ -100,13 +119,16 @@ class SharedInputProjections(nn.Module):
     for any order of calls; when a block hands one input to every layer in turn, as
     decoders do, the kernel runs once. The last input is held until each layer has
     taken its part of it.
+
+    It assumes one thread runs the model (the engine's single worker does) and that the
+    input is not changed in place between the calls.
     """
 
     def __init__(self, linears: Sequence[nn.Linear], fmt: Int8Format = INT8_FORMAT) -> None:
         super().__init__()
         if len({linear.in_features for linear in linears}) != 1:
             raise ValueError("projections that share an input have one input width")
-        self.stacked = Int8Linear(stacked(linears), fmt)
+        self.stacked = Int8Linear(*stacked(linears), fmt)
         self._sizes = [linear.out_features for linear in linears]
         self._input: torch.Tensor | None = None
         self._parts: tuple[torch.Tensor, ...] = ()
@@ -145,13 +167,15 @@ class ProjectionPart(nn.Module):
         return f"part {self.index} of shared-input int8, out_features={self.out_features}"
 
 
-def _share_inputs(parent: nn.Module, names: tuple[str, ...], kept: tuple[str, ...]) -> None:
+def _share_inputs(
+    parent_name: str, parent: nn.Module, names: tuple[str, ...], kept: tuple[str, ...]
+) -> None:
     linears = [getattr(parent, name, None) for name in names]
     if not all(isinstance(linear, nn.Linear) for linear in linears):
         return
-    if any(name.endswith(kept) for name in names):
+    if any(_full_name(parent_name, name).endswith(kept) for name in names):
         return
-    group = SharedInputProjections([linear for linear in linears if linear is not None])
+    group = SharedInputProjections([linear for linear in linears if isinstance(linear, nn.Linear)])
     parent.add_module("shared_" + "_".join(name.removesuffix("_proj") for name in names), group)
     for index, name in enumerate(names):
         setattr(parent, name, group.projection(index))
@@ -165,12 +189,15 @@ def quantise_linear_layers(
     ``SHARED_INPUT_GROUPS`` become one ``SharedInputProjections`` each."""
     kept = tuple(keep_float)
     if share_inputs:
-        for _, parent in list(model.named_modules()):
+        for parent_name, parent in list(model.named_modules()):
             for names in SHARED_INPUT_GROUPS:
-                _share_inputs(parent, names, kept)
+                _share_inputs(parent_name, parent, names, kept)
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            full_name = f"{parent_name}.{name}" if parent_name else name
-            if isinstance(child, nn.Linear) and not full_name.endswith(kept):
-                setattr(parent, name, Int8Linear(child))
+            if isinstance(child, nn.Linear) and not _full_name(parent_name, name).endswith(kept):
+                setattr(parent, name, Int8Linear.from_linear(child))
     return model
+
+
+def _full_name(parent_name: str, name: str) -> str:
+    return f"{parent_name}.{name}" if parent_name else name

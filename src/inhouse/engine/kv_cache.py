@@ -38,6 +38,8 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:  # after ``reset``
+            self.lazy_initialization(key_states, value_states)
         length = self.get_seq_length()
         end = length + key_states.shape[-2]
         if not (
@@ -51,6 +53,23 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         self.keys = self._key_room[:, :, :end]
         self.values = self._value_room[:, :, :end]
         return self.keys, self.values
+
+    # Whatever replaces or shortens the keys and values lets go of the buffer: the next
+    # step reallocates, and never writes over a tensor handed out before.
+    def reset(self) -> None:
+        super().reset()
+        self._drop_room()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        self._drop_room()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._drop_room()
+
+    def _drop_room(self) -> None:
+        self._key_room = self._value_room = None
 
     @property
     def capacity(self) -> int:

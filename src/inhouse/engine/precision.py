@@ -3,8 +3,8 @@
 int8 replaces the Linear layers by those of ``int8_layers``: weights in int8 per output
 channel, activations quantised to int8 at run time, each token on its own scale, and
 projections that read one input in one kernel call. Before that, for decoders of the
-Llama layout, ``smoothing`` migrates activation outliers into the weights (exact in
-float32), calibrated once at load time on a text shipped with the package.
+Llama layout, ``smoothing`` migrates activation outliers into the weights (exact up
+to float32 rounding), calibrated once at load time on a text shipped with the package.
 """
 
 from __future__ import annotations

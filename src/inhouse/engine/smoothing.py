@@ -3,7 +3,7 @@
 int8 activations are quantised on one scale per token, so a few input channels with
 large activations (outliers) set the step for all the others. Before quantising, part
 of each channel's range moves from the activation into the weight, by rescalings that
-are exact in float32 for a Llama-style decoder block:
+are exact (up to float32 rounding) for a Llama-style decoder block:
 
 - ``q_proj``, ``k_proj``, ``v_proj`` read ``input_layernorm``'s output: divide the
   norm's weight by ``s`` and multiply the projections' input columns by ``s``;
@@ -35,32 +35,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from inhouse.engine.int8_layers import Int8Format
+
 # Families whose decoder blocks have the Llama layout and plain ``weight * x`` norms
 # (Gemma's ``(1 + weight)`` norm, for one, would need a different division).
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 # ``None`` is "no migration". On the built-in model the search keeps 0.5-0.65 for
 # q/k/v, mostly no migration for o_proj, 0.5-0.8 for gate/up, 0.35-0.65 for down_proj
 # and 0.35 for lm_head: no single alpha suits every group (docs/benchmarks.md).
-# The calibration text has about 1,100 tokens; this only bounds the pass.
 DEFAULT_ALPHAS: tuple[float | None, ...] = (None, 0.2, 0.35, 0.5, 0.65, 0.8)
+# The calibration text has about 1,100 tokens; this only bounds the pass.
 CALIBRATION_TOKENS = 2048
 _EPSILON = 1e-5
-
-
-@dataclass(frozen=True)
-class Int8Format:
-    """The integer grid the kernels use: symmetric per-output-channel weights in
-    ``[-weight_max, weight_max]`` and ``activation_levels`` steps per token across
-    ``[-peak, peak]``."""
-
-    weight_max: int
-    activation_levels: int
-
-    def weight_steps(self, row_peaks: torch.Tensor) -> torch.Tensor:
-        return row_peaks / self.weight_max
-
-    def activation_steps(self, row_peaks: torch.Tensor) -> torch.Tensor:
-        return row_peaks * (2.0 / self.activation_levels)
 
 
 @dataclass(frozen=True)
@@ -193,6 +179,8 @@ def calibrate(
     """Choose the migration scales of every layer group from one float forward pass
     over ``ids`` (``[batch, n]``, no padding); one value in ``alphas`` is plain
     SmoothQuant with that ``alpha``. The model is not changed."""
+    if not alphas:
+        raise ValueError("calibration needs at least one alpha (None for no migration)")
     search = _Search(fmt, tuple(alphas))
     found: dict[tuple[int, str], torch.Tensor] = {}
     chosen: list[float | None] = []

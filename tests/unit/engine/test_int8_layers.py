@@ -18,7 +18,7 @@ from tests.unit.engine.test_smoothing import logits, tiny_model, token_ids
 def test_int8_linear_is_close_to_float_and_quantises_per_token() -> None:
     torch.manual_seed(3)
     linear = torch.nn.Linear(64, 48)
-    quantised = Int8Linear(linear)
+    quantised = Int8Linear.from_linear(linear)
     rows = torch.randn(1, 5, 64)
     with torch.inference_mode():
         exact = linear(rows)
@@ -44,7 +44,7 @@ def _counted(group: SharedInputProjections) -> list[int]:
 
 def test_shared_input_parts_equal_the_separate_int8_layers_and_run_the_kernel_once() -> None:
     linears = _three_projections()
-    separate = [Int8Linear(linear) for linear in linears]
+    separate = [Int8Linear.from_linear(linear) for linear in linears]
     group = SharedInputProjections(linears)
     parts = [group.projection(index) for index in range(3)]
     calls = _counted(group)
@@ -58,7 +58,7 @@ def test_shared_input_parts_equal_the_separate_int8_layers_and_run_the_kernel_on
 
 def test_shared_input_parts_answer_right_in_any_order_of_inputs() -> None:
     linears = _three_projections()
-    separate = [Int8Linear(linear) for linear in linears]
+    separate = [Int8Linear.from_linear(linear) for linear in linears]
     group = SharedInputProjections(linears)
     parts: list[ProjectionPart] = [group.projection(index) for index in range(3)]
     first, second = torch.randn(2, 64), torch.randn(2, 64)
@@ -91,3 +91,11 @@ def test_layers_kept_float_are_not_shared() -> None:
     assert isinstance(attention.q_proj, Int8Linear)
     assert isinstance(model.lm_head, torch.nn.Linear)
     assert isinstance(model.model.layers[0].mlp.gate_proj, ProjectionPart)
+
+
+def test_a_layer_kept_float_by_its_full_name_keeps_its_group_apart() -> None:
+    model = quantise_linear_layers(tiny_model(), keep_float=("model.layers.0.self_attn.k_proj",))
+    first, second = model.model.layers[0].self_attn, model.model.layers[1].self_attn
+    assert isinstance(first.k_proj, torch.nn.Linear)
+    assert isinstance(first.q_proj, Int8Linear) and isinstance(first.v_proj, Int8Linear)
+    assert isinstance(second.k_proj, ProjectionPart)

@@ -53,3 +53,18 @@ def test_growing_converts_full_attention_layers_of_a_cache() -> None:
     untouched = DynamicLayer()
     cache.layers.append(untouched)  # an empty layer stays what it was
     assert growing(cache).layers[-1] is untouched
+
+
+def test_tensors_handed_out_stay_as_they_were_after_a_crop_or_reset() -> None:
+    layer = GrowingLayer(*_states(1, 4, seed=0))
+    for step in range(3):
+        layer.update(*_states(1, 1, seed=step + 1))
+    before, _ = layer.update(*_states(1, 1, seed=9))
+    kept = before.clone()
+    layer.crop(-2)
+    after, _ = layer.update(*_states(1, 2, seed=10))
+    assert torch.equal(before, kept)  # the new tokens went elsewhere
+    assert after.shape[-2] == 8 and torch.equal(after[:, :, :6], kept[:, :, :6])
+    layer.reset()
+    keys, _ = layer.update(*_states(1, 3, seed=11))
+    assert layer.get_seq_length() == 3 and keys.shape == (1, 3, 3, 8)
