@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inhouse.config import EngineSettings, Precision
 from inhouse.engine.base import ChatMessage, GenerationRequest, SamplingParams
+from inhouse.engine.batch import RunningBatch, prefill_groups
 from inhouse.engine.local import LocalEngine
 from inhouse.engine.precision import apply_precision
 from inhouse.engine.quality import perplexity
@@ -87,6 +88,42 @@ def test_greedy_output_under_batching_equals_generate(reference: tuple[Any, Any]
         return list(results[:-1])
 
     assert asyncio.run(scenario()) == expected
+
+
+def test_prompts_prefilled_together_decode_like_generate(reference: tuple[Any, Any]) -> None:
+    """Newcomers of one step are prefilled as left-padded groups; each still continues
+    exactly as ``generate`` does alone."""
+    model, tokenizer = reference
+    steps = 24
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        for question in QUESTIONS
+    ]
+    eos = model.generation_config.eos_token_id
+    with torch.inference_mode():
+        expected = []
+        for ids in prompts:
+            out = model.generate(torch.tensor([ids]), max_new_tokens=steps, do_sample=False)
+            expected.append(out[0, len(ids) :].tolist())
+        batch = RunningBatch(model)
+        first = batch.prefill([(seq_id, ids) for seq_id, ids in enumerate(prompts)])
+        assert len(prefill_groups(list(enumerate(prompts)))) < len(prompts)  # some shared
+        produced = {seq_id: [int(logits.argmax())] for seq_id, logits in first.items()}
+        for _ in range(steps - 1):
+            batch.set_next_tokens({seq_id: tokens[-1] for seq_id, tokens in produced.items()})
+            logits = batch.decode()
+            assert bool(torch.isfinite(logits).all())
+            for row, seq_id in enumerate(batch.seq_ids):
+                produced[seq_id].append(int(logits[row].argmax()))
+    for seq_id, tokens in produced.items():
+        wanted = expected[seq_id]
+        until_eos = tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+        assert until_eos[: len(wanted)] == wanted, seq_id
 
 
 def test_an_abandoned_stream_leaves_the_batch() -> None:

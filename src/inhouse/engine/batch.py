@@ -2,7 +2,7 @@
 
 Rows are left-padded to a common length. The attention mask hides the padding and
 each row's position ids count only its real tokens, so a sequence computes the same
-thing in the batch as alone (in float32 and bfloat16; int8 activations share a grid
+thing in the batch as alone, up to rounding (in float32 and bfloat16; int8 activations share a grid
 range across the rows of a step, see ``int8_layers.Int8Linear``). When a row leaves,
 columns that are padding in every remaining row are cut off, so the cache never holds
 more than the longest sequence (plus the spare room of ``kv_cache.GrowingLayer``, which
@@ -11,6 +11,7 @@ spares each step a copy).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,12 +37,33 @@ class RunningBatch:
         """Cache slots held, padding included: rows times the longest row."""
         return int(self._mask.numel())
 
-    def prefill(self, seq_id: int, prompt_ids: list[int]) -> torch.Tensor:
-        """Run a newcomer's prompt alone, add its cache as a row; return its last logits."""
-        ids = torch.tensor([prompt_ids], dtype=torch.long)
-        out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        self._join(seq_id, out.cache, len(prompt_ids))
-        logits: torch.Tensor = out.logits[0, -1]
+    def prefill(self, prompts: Sequence[tuple[int, list[int]]]) -> dict[int, torch.Tensor]:
+        """Run newcomers' prompts, add their caches as rows; return each one's last logits.
+
+        Prompts of similar length run as one left-padded forward (see ``prefill_groups``);
+        a prompt alone runs unpadded."""
+        logits: dict[int, torch.Tensor] = {}
+        for group in prefill_groups(prompts):
+            width = max(len(ids) for _, ids in group)
+            ids = torch.zeros((len(group), width), dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, (_, prompt_ids) in enumerate(group):
+                ids[row, width - len(prompt_ids) :] = torch.tensor(prompt_ids, dtype=torch.long)
+                mask[row, width - len(prompt_ids) :] = 1
+            if len(group) == 1:
+                out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            else:
+                positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)
+                out = self._model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            self._join([seq_id for seq_id, _ in group], out.cache, mask)
+            for row, (seq_id, _) in enumerate(group):
+                logits[seq_id] = out.logits[row, -1]
         return logits
 
     def set_next_tokens(self, tokens: dict[int, int]) -> None:
@@ -90,12 +112,12 @@ class RunningBatch:
             self._crop_left(first_used)
 
     # -- internals -------------------------------------------------------------------
-    def _join(self, seq_id: int, cache: DynamicCache, length: int) -> None:
-        mask = torch.ones((1, length), dtype=torch.long)
+    def _join(self, seq_ids: list[int], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Add rows: ``cache`` holds them left-padded to ``mask``'s width."""
         if self._cache is None:
             self._cache, self._mask = growing(cache), mask
         else:
-            width = max(self._mask.shape[1], length)
+            width = max(self._mask.shape[1], mask.shape[1])
             merged = [
                 (
                     torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)]),
@@ -105,9 +127,11 @@ class RunningBatch:
             ]
             self._cache = growing(DynamicCache(ddp_cache_data=merged))
             self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
-        self.seq_ids.append(seq_id)
-        self._positions = torch.cat([self._positions, torch.tensor([length])])
-        self._last_tokens = torch.cat([self._last_tokens, torch.zeros(1, dtype=torch.long)])
+        self.seq_ids.extend(seq_ids)
+        self._positions = torch.cat([self._positions, mask.sum(dim=1)])
+        self._last_tokens = torch.cat(
+            [self._last_tokens, torch.zeros(len(seq_ids), dtype=torch.long)]
+        )
 
     def _crop_left(self, columns: int) -> None:
         assert self._cache is not None
@@ -115,6 +139,29 @@ class RunningBatch:
             layer.keys = layer.keys[:, :, columns:]
             layer.values = layer.values[:, :, columns:]
         self._mask = self._mask[:, columns:]
+
+
+# A group of prompts prefilled together may spend this much more on padding than the
+# prompts themselves hold (padded area over real tokens).
+MAX_PREFILL_PADDING = 1.25
+
+
+def prefill_groups(
+    prompts: Sequence[tuple[int, list[int]]], max_padding: float = MAX_PREFILL_PADDING
+) -> list[list[tuple[int, list[int]]]]:
+    """Prompts sorted by length, cut into groups whose left-padded area stays within
+    ``max_padding`` times their tokens."""
+    groups: list[list[tuple[int, list[int]]]] = []
+    tokens = 0
+    for prompt in sorted(prompts, key=lambda item: len(item[1])):
+        length = len(prompt[1])
+        if groups and length * (len(groups[-1]) + 1) <= max_padding * (tokens + length):
+            groups[-1].append(prompt)
+            tokens += length
+        else:
+            groups.append([prompt])
+            tokens = length
+    return groups
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:

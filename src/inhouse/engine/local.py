@@ -272,10 +272,11 @@ class LocalEngine:
                     sequence = self._sequences[seq_id]
                     token = greedy[row] if sequence.greedy else sequence.sample(logits[row])
                     accept(seq_id, token)
-            for seq_id in plan.prefill:
-                sequence = self._sequences[seq_id]
-                logits = batch.prefill(seq_id, sequence.prompt_ids)
-                accept(seq_id, sequence.sample(logits))
+            if plan.prefill:
+                prompts = [(seq_id, self._sequences[seq_id].prompt_ids) for seq_id in plan.prefill]
+                last_logits = batch.prefill(prompts)
+                for seq_id in plan.prefill:
+                    accept(seq_id, self._sequences[seq_id].sample(last_logits[seq_id]))
             batch.set_next_tokens(next_tokens)
             if finished:
                 batch.remove(finished)
