@@ -61,11 +61,9 @@ def torch_ao_int8(model: Any, keep_float: tuple[str, ...] = ()) -> Any:
     return model
 
 
-def smoothed(tokenizer: Any, alphas: tuple[float | None, ...] | None = None) -> Any:
+def smoothed(tokenizer: Any, alphas: tuple[float | None, ...] = smoothing.DEFAULT_ALPHAS) -> Any:
     model = load()
-    ids = smoothing.calibration_ids(tokenizer)
-    scales = smoothing.calibrate(model, ids, INT8_FORMAT, alphas=alphas or smoothing.DEFAULT_ALPHAS)
-    smoothing.migrate(model, scales)
+    smoothing.smooth(model, tokenizer, INT8_FORMAT, alphas=alphas)
     return model
 
 
@@ -100,7 +98,7 @@ def variants(tokenizer: Any) -> dict[str, Callable[[], Any]]:
             smoothed(tokenizer), share_inputs=False
         ),
         "per-token int8 + alpha search, shared inputs (shipped)": lambda: apply_precision(
-            load(), Precision.INT8, tokenizer=tokenizer
+            load(), Precision.INT8, tokenizer
         ),
         "shipped, lm_head float32": lambda: quantise_linear_layers(
             smoothed(tokenizer), keep_float=("lm_head",)

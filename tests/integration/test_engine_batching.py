@@ -153,6 +153,7 @@ def test_int8_perplexity_stays_near_float32(reference: tuple[Any, Any]) -> None:
     quantised = apply_precision(
         AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval(),
         Precision.INT8,
+        tokenizer,
     )
     int8 = perplexity(quantised, tokenizer, text)
     assert 1.0 < float32 < 100.0

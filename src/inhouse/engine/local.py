@@ -105,7 +105,7 @@ class LocalEngine:
         model = AutoModelForCausalLM.from_pretrained(
             directory, dtype=torch_dtype(self.precision), local_files_only=True
         )
-        self._model = apply_precision(model.eval(), self.precision, tokenizer=self._tokenizer)
+        self._model = apply_precision(model.eval(), self.precision, self._tokenizer)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tokenizer.eos_token_id is not None:

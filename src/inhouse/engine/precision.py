@@ -29,23 +29,12 @@ def torch_dtype(precision: Precision) -> torch.dtype:
     return torch.bfloat16 if precision is Precision.BFLOAT16 else torch.float32
 
 
-def _tokenizer_of(model: Any) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model.name_or_path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"int8 calibration needs the tokenizer of {model.name_or_path!r}: {exc}"
-        ) from exc
-
-
-def apply_precision(model: Any, precision: Precision, *, tokenizer: Any = None) -> Any:
+def apply_precision(model: Any, precision: Precision, tokenizer: Any) -> Any:
     """Make a float32-loaded ``model`` run at ``precision``, in place (float32 and
     bfloat16 are chosen at load time: see ``torch_dtype``).
 
     For int8, a Llama-layout decoder is smoothed first, calibrated on the packaged text
-    through ``tokenizer`` (by default the one saved with the model), and then every
+    through ``tokenizer`` (the model's own), and then every
     Linear layer, the output layer included, becomes int8; other layouts keep
     ``down_proj`` and ``lm_head`` in float32.
     """
@@ -54,7 +43,7 @@ def apply_precision(model: Any, precision: Precision, *, tokenizer: Any = None) 
     if next(model.parameters()).device.type != "cpu":
         raise ConfigurationError("int8 quantisation runs on the CPU only")
     if supports_smoothing(model):
-        smooth(model, tokenizer if tokenizer is not None else _tokenizer_of(model), INT8_FORMAT)
+        smooth(model, tokenizer, INT8_FORMAT)
         return quantise_linear_layers(model)
     return quantise_linear_layers(model, keep_float=_KEEP_FLOAT_UNSMOOTHED)
 

@@ -99,10 +99,6 @@ def migration_scales(
     return scales.clamp_(min=_EPSILON, max=1.0 / _EPSILON)
 
 
-def _column_max(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([w.detach().abs().amax(dim=0) for w in weights]).amax(dim=0).float()
-
-
 @dataclass(frozen=True)
 class _Search:
     """Picks, for one group of layers, the scale with the least expected int8 error.
@@ -162,11 +158,29 @@ def _hooks(handles: list[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
             handle.remove()
 
 
-def _kv_layout(attention: Any) -> tuple[int, int, int]:
-    """(key/value heads, query heads per key/value head, head size)."""
-    head_dim = int(attention.head_dim)
-    kv_heads = attention.v_proj.out_features // head_dim
-    return kv_heads, attention.o_proj.in_features // (kv_heads * head_dim), head_dim
+@dataclass(frozen=True)
+class _KvLayout:
+    """How ``o_proj``'s input columns map to key/value channels: ``kv_heads`` heads of
+    ``head_dim``, each read by ``group`` query heads in a row (as ``repeat_kv`` does)."""
+
+    kv_heads: int
+    group: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, attention: Any) -> _KvLayout:
+        head_dim = int(attention.head_dim)
+        kv_heads = attention.v_proj.out_features // head_dim
+        return cls(kv_heads, attention.o_proj.in_features // (kv_heads * head_dim), head_dim)
+
+    def fold(self, columns: torch.Tensor) -> torch.Tensor:
+        """Per-column statistics to per key/value channel (their maximum)."""
+        return columns.view(self.kv_heads, self.group, self.head_dim).amax(dim=1).reshape(-1)
+
+    def spread(self, channels: torch.Tensor) -> torch.Tensor:
+        """Per key/value channel scales to every column that reads the channel."""
+        shape = (self.kv_heads, self.group, self.head_dim)
+        return channels.view(self.kv_heads, 1, self.head_dim).expand(shape).reshape(-1)
 
 
 def calibrate(
@@ -184,52 +198,35 @@ def calibrate(
     search = _Search(fmt, tuple(alphas))
     found: dict[tuple[int, str], torch.Tensor] = {}
     chosen: list[float | None] = []
-    handles = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def record(key: tuple[int, str], result: tuple[torch.Tensor, float | None]) -> None:
         found[key] = result[0]
         chosen.append(result[1])
 
+    def on_input(
+        key: tuple[int, str], weights: list[torch.Tensor], layout: _KvLayout | None = None
+    ) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            if layout is None:
+                record(key, search(args[0], weights))
+            else:
+                record(key, search(args[0], weights, group=layout.fold, expand=layout.spread))
+
+        return hook
+
     for index, layer in enumerate(model.model.layers):
         attention, mlp = layer.self_attn, layer.mlp
-        kv_heads, group, head_dim = _kv_layout(attention)
-
-        def fold(
-            t: torch.Tensor, kv: int = kv_heads, g: int = group, d: int = head_dim
-        ) -> torch.Tensor:
-            return t.view(kv, g, d).amax(dim=1).reshape(-1)
-
-        def spread(
-            t: torch.Tensor, kv: int = kv_heads, g: int = group, d: int = head_dim
-        ) -> torch.Tensor:
-            return t.view(kv, 1, d).expand(kv, g, d).reshape(-1)
-
-        def on_qkv(_m: nn.Module, args: tuple[torch.Tensor, ...], i: int = index) -> None:
-            a = model.model.layers[i].self_attn
-            record((i, "qkv"), search(args[0], [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
-
-        def on_o(
-            _m: nn.Module,
-            args: tuple[torch.Tensor, ...],
-            i: int = index,
-            fold: Callable[[torch.Tensor], torch.Tensor] = fold,
-            spread: Callable[[torch.Tensor], torch.Tensor] = spread,
-        ) -> None:
-            weight = model.model.layers[i].self_attn.o_proj.weight
-            record((i, "o"), search(args[0], [weight], group=fold, expand=spread))
-
-        def on_gate_up(_m: nn.Module, args: tuple[torch.Tensor, ...], i: int = index) -> None:
-            m = model.model.layers[i].mlp
-            record((i, "gate_up"), search(args[0], [m.gate_proj.weight, m.up_proj.weight]))
-
-        def on_down(_m: nn.Module, args: tuple[torch.Tensor, ...], i: int = index) -> None:
-            record((i, "down"), search(args[0], [model.model.layers[i].mlp.down_proj.weight]))
-
+        qkv = [attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]
+        o_hook = on_input((index, "o"), [attention.o_proj.weight], _KvLayout.of(attention))
+        gate_up = [mlp.gate_proj.weight, mlp.up_proj.weight]
         handles += [
-            attention.q_proj.register_forward_pre_hook(on_qkv),
-            attention.o_proj.register_forward_pre_hook(on_o),
-            mlp.gate_proj.register_forward_pre_hook(on_gate_up),
-            mlp.down_proj.register_forward_pre_hook(on_down),
+            attention.q_proj.register_forward_pre_hook(on_input((index, "qkv"), qkv)),
+            attention.o_proj.register_forward_pre_hook(o_hook),
+            mlp.gate_proj.register_forward_pre_hook(on_input((index, "gate_up"), gate_up)),
+            mlp.down_proj.register_forward_pre_hook(
+                on_input((index, "down"), [mlp.down_proj.weight])
+            ),
         ]
 
     def on_norm(_m: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
@@ -291,10 +288,8 @@ def migrate(model: Any, scales: MigrationScales) -> None:
             for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
                 _multiply_columns(projection, found.qkv)
 
-            kv_heads, group, head_dim = _kv_layout(attention)
             _divide_rows(attention.v_proj, found.o_proj)
-            per_column = found.o_proj.view(kv_heads, 1, head_dim).expand(kv_heads, group, head_dim)
-            _multiply_columns(attention.o_proj, per_column.reshape(-1))
+            _multiply_columns(attention.o_proj, _KvLayout.of(attention).spread(found.o_proj))
 
             _divide_norm(layer.post_attention_layernorm, found.gate_up)
             for projection in (mlp.gate_proj, mlp.up_proj):
@@ -308,8 +303,14 @@ def migrate(model: Any, scales: MigrationScales) -> None:
         _multiply_columns(model.lm_head, scales.lm_head)
 
 
-def smooth(model: Any, tokenizer: Any, fmt: Int8Format) -> MigrationScales:
+def smooth(
+    model: Any,
+    tokenizer: Any,
+    fmt: Int8Format,
+    *,
+    alphas: Sequence[float | None] = DEFAULT_ALPHAS,
+) -> MigrationScales:
     """Calibrate on the packaged text and migrate the scales of ``model`` in place."""
-    scales = calibrate(model, calibration_ids(tokenizer), fmt)
+    scales = calibrate(model, calibration_ids(tokenizer), fmt, alphas=alphas)
     migrate(model, scales)
     return scales

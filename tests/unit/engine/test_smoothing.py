@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 from transformers import (
+    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -20,7 +21,8 @@ from inhouse.config import Precision
 from inhouse.engine import smoothing
 from inhouse.engine.int8_layers import INT8_FORMAT, Int8Linear, quantise_linear_layers
 from inhouse.engine.precision import apply_precision
-from tests.conftest import REPO
+from inhouse.registry.models import BUILTIN_MODEL_NAME
+from tests.conftest import REPO, shared_models_dir
 
 SIZES: dict[str, Any] = {
     "vocab_size": 96,
@@ -40,11 +42,12 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str = "llama", seed: int = 0) -> Any:
+def tiny_model(family: str = "llama", seed: int = 0, vocab_size: int | None = None) -> Any:
     """A random decoder whose norms carry outlier channels, as trained models' do."""
     config_class, model_class = FAMILIES[family]
     torch.manual_seed(seed)
-    model = model_class(config_class(**SIZES)).eval()
+    sizes = SIZES if vocab_size is None else {**SIZES, "vocab_size": vocab_size}
+    model = model_class(config_class(**sizes)).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -162,19 +165,12 @@ def test_calibration_text_ships_and_is_not_the_heldout_text() -> None:
     assert not any(sentence in text for sentence in sentences)
 
 
-class _Tokenizer:
-    """Maps each character to a token id, enough to calibrate the tiny model."""
-
-    def __call__(self, text: str, return_tensors: str) -> Any:
-        ids = torch.tensor([[ord(char) % SIZES["vocab_size"] for char in text]])
-        return type("Encoded", (), {"input_ids": ids})()
-
-
 def test_apply_precision_int8_quantises_every_linear_and_smoothing_helps() -> None:
-    model = tiny_model()
+    tokenizer = AutoTokenizer.from_pretrained(shared_models_dir() / BUILTIN_MODEL_NAME)
+    model = tiny_model(vocab_size=len(tokenizer))
     reference = copy.deepcopy(model)
-    ids = token_ids(length=24)
-    apply_precision(model, Precision.INT8, tokenizer=_Tokenizer())
+    ids = tokenizer("The ferry leaves at seven; 渡轮七点出发。", return_tensors="pt").input_ids
+    apply_precision(model, Precision.INT8, tokenizer)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert isinstance(model.lm_head, Int8Linear)
     unsmoothed = quantise_linear_layers(copy.deepcopy(reference))
@@ -184,7 +180,7 @@ def test_apply_precision_int8_quantises_every_linear_and_smoothing_helps() -> No
         return float((logits(quantised, ids) - expected).abs().max() / expected.abs().max())
 
     assert error(model) < error(unsmoothed) < 0.2
-    assert apply_precision(reference, Precision.FLOAT32) is reference
+    assert apply_precision(reference, Precision.FLOAT32, tokenizer) is reference
 
 
 def test_calibration_refuses_an_empty_choice_of_alphas() -> None:
