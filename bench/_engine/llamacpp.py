@@ -158,47 +158,32 @@ def start_server(
     When it crashes at start (a signal: on some virtual machines its AMX kernels do, as
     the CPU reports AMX but the first tile multiply faults), it is started once more with
     ``--no-repack``, and the server says so."""
-    try:
-        return _start(children, binary, gguf, slots, ctx_per_slot, threads, workdir, ())
-    except _Crashed as crash:
-        print(f"[llamacpp] {crash}; starting it again with {NO_REPACK}", flush=True)
-    return _start(children, binary, gguf, slots, ctx_per_slot, threads, workdir, (NO_REPACK,))
-
-
-class _Crashed(BuildError):
-    pass
-
-
-def _start(
-    children: Children,
-    binary: Path,
-    gguf: Path,
-    slots: int,
-    ctx_per_slot: int,
-    threads: int,
-    workdir: Path,
-    extra: tuple[str, ...],
-) -> Server:
-    port = free_port()
-    cmd = [str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--parallel", str(slots), "--ctx-size", str(slots * ctx_per_slot)]
-    cmd += ["--threads", str(threads), "--threads-batch", str(threads), "--jinja", "--no-webui"]
-    cmd += extra
+    base = [str(binary), "--model", str(gguf), "--host", "127.0.0.1"]
+    base += ["--parallel", str(slots), "--ctx-size", str(slots * ctx_per_slot)]
+    base += ["--threads", str(threads), "--threads-batch", str(threads), "--jinja", "--no-webui"]
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env.update(LOOPBACK_NO_PROXY)
-    suffix = "-no-repack" if NO_REPACK in extra else ""
-    log = workdir / f"llama-server-{slots}{suffix}.log"
-    proc = children.spawn(cmd, env, workdir, log)
-    base_url = f"http://127.0.0.1:{port}"
-    why = wait_ready(f"{base_url}/health", proc, READY_TIMEOUT_S)
-    if why is not None:
+    no_repack = False
+    while True:
+        port = free_port()
+        cmd = [*base, "--port", str(port), *([NO_REPACK] if no_repack else [])]
+        log = workdir / f"llama-server-{slots}{'-no-repack' if no_repack else ''}.log"
+        proc = children.spawn(cmd, env, workdir, log)
+        base_url = f"http://127.0.0.1:{port}"
+        why = wait_ready(f"{base_url}/health", proc, READY_TIMEOUT_S)
+        if why is None:
+            return Server(proc, base_url, log, no_repack=no_repack)
         # Read before stopping it: a server stopped for being slow also ends by a signal.
         code = proc.poll()
         children.stop(proc)
-        if code is not None and code < 0 and NO_REPACK not in extra:
-            raise _Crashed(f"llama-server died of signal {-code} at start (log: {log})")
-        raise BuildError(f"llama-server not ready: {why}\n{tail(log)}")
-    return Server(proc, base_url, log, no_repack=NO_REPACK in extra)
+        if no_repack or code is None or code >= 0:
+            raise BuildError(f"llama-server not ready: {why}\n{tail(log)}")
+        print(
+            f"[llamacpp] llama-server died of signal {-code} at start (log: {log});"
+            f" starting it again with {NO_REPACK}",
+            flush=True,
+        )
+        no_repack = True
 
 
 def main() -> int:

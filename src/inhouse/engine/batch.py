@@ -40,8 +40,8 @@ class RunningBatch:
     def prefill(self, prompts: Sequence[tuple[int, list[int]]]) -> dict[int, torch.Tensor]:
         """Run newcomers' prompts, add their caches as rows; return each one's last logits.
 
-        Prompts of similar length run as one left-padded forward (see ``prefill_groups``);
-        a prompt alone runs unpadded."""
+        Prompts of similar length run as one left-padded forward (see ``prefill_groups``),
+        with the mask and position ids ``generate`` would give each alone."""
         logits: dict[int, torch.Tensor] = {}
         for group in prefill_groups(prompts):
             width = max(len(ids) for _, ids in group)
@@ -50,17 +50,13 @@ class RunningBatch:
             for row, (_, prompt_ids) in enumerate(group):
                 ids[row, width - len(prompt_ids) :] = torch.tensor(prompt_ids, dtype=torch.long)
                 mask[row, width - len(prompt_ids) :] = 1
-            if len(group) == 1:
-                out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            else:
-                positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)
-                out = self._model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+            out = self._model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(dim=1) - 1).clamp_(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+            )
             self._join([seq_id for seq_id, _ in group], out.cache, mask)
             for row, (seq_id, _) in enumerate(group):
                 logits[seq_id] = out.logits[row, -1]
@@ -118,14 +114,11 @@ class RunningBatch:
             self._cache, self._mask = growing(cache), mask
         else:
             width = max(self._mask.shape[1], mask.shape[1])
-            merged = [
-                (
-                    torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)]),
-                    torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)]),
-                )
-                for old, new in zip(_layers(self._cache), _layers(cache), strict=True)
-            ]
-            self._cache = growing(DynamicCache(ddp_cache_data=merged))
+            # The layers keep their kind; a growing layer moves the new tensors into a
+            # buffer with room at its next step.
+            for old, new in zip(_layers(self._cache), _layers(cache), strict=True):
+                old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)])
+                old.values = torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])
             self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
         self.seq_ids.extend(seq_ids)
         self._positions = torch.cat([self._positions, mask.sum(dim=1)])
