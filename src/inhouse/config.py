@@ -240,6 +240,29 @@ class FleetSettings(BaseModel):
     )
 
 
+class TenancySettings(BaseModel):
+    """How tenants share serving capacity (docs/tenancy.md#fair-share-of-serving-capacity)."""
+
+    max_share: float = Field(
+        default=0.30,
+        gt=0.0,
+        le=1.0,
+        description="the most of the local engine's running slots, or of a fleet model's "
+        "node slots, one tenant holds while another tenant's requests wait",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="tenant name → weight in the fair order of waiting requests (default 1)",
+    )
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> TenancySettings:
+        for tenant, weight in self.weights.items():
+            if not 0.0 < weight < float("inf"):
+                raise ValueError(f"tenancy.weights: {tenant}'s weight must be positive")
+        return self
+
+
 COMPLIANCE_MAX_ROTATION_DAYS = 7.0
 COMPLIANCE_MIN_RETENTION_DAYS = 180
 
@@ -280,6 +303,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     flows: FlowSettings = FlowSettings()
     fleet: FleetSettings = FleetSettings()
+    tenancy: TenancySettings = TenancySettings()
 
     @model_validator(mode="after")
     def _refuse_weak_settings_in_compliance_mode(self) -> Settings:

@@ -17,7 +17,7 @@
     └── QuotaStoreUnavailableError    503: Redis unreachable and admission fails closed
 
 Each error carries what the API needs to answer in the OpenAI error format; the
-mapping to HTTP lives in ``inhouse.api.errors`` and nowhere else.
+mapping to HTTP lives in ``inhouse.protocol.errors`` and nowhere else.
 """
 
 from __future__ import annotations

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from inhouse import __version__
 from inhouse.api import (
     admin_routes,
     auth_routes,
@@ -20,28 +19,13 @@ from inhouse.api import (
 )
 from inhouse.api.access import check_every_route_declares_a_permission, declare_public
 from inhouse.api.body_limit import BodyLimit
-from inhouse.api.errors import install_error_handlers
 from inhouse.api.header_limit import HeaderLimit
 from inhouse.api.openapi import document_inference_routes
-from inhouse.api.security_headers import SecurityHeaders
 from inhouse.config import Settings
 from inhouse.gateway.services import build_services
-
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-
-def new_fastapi(title: str, lifespan: Lifespan) -> FastAPI:
-    """A FastAPI application as every inhouse process builds it."""
-    return FastAPI(
-        title=title,
-        version=__version__,
-        lifespan=lifespan,
-        # The interactive docs pages load scripts from a CDN: off. /openapi.json stays.
-        docs_url=None,
-        redoc_url=None,
-        # Metrics are ours (/metrics); no OpenTelemetry hooks, no exporter from the environment.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
-    )
+from inhouse.protocol.errors import install_error_handlers
+from inhouse.protocol.http import new_fastapi
+from inhouse.protocol.security_headers import SecurityHeaders
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -1,7 +1,7 @@
 """A bound on request bodies for the routes that FastAPI parses (admin, flows, auth).
 
 The inference routes read their bodies themselves with the same limit
-(``inhouse.api.body.read_body``) and are passed through untouched. Other requests with a
+(``inhouse.protocol.body.read_body``) and are passed through untouched. Other requests with a
 body larger than ``server.max_body_bytes`` are answered 413 in the OpenAI error format
 before any route runs; smaller ones are read once here and handed on whole.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inhouse.api.errors import error_response
+from inhouse.protocol.errors import error_response
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

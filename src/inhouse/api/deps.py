@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from inhouse.gateway.services import Services
+from inhouse.protocol.bearer import bearer_token
 from inhouse.tenancy.models import Principal
 
 
@@ -22,9 +23,8 @@ def services_of(request: Request) -> Services:
 
 
 async def authenticate(request: Request) -> Principal:
-    return await services_of(request).authenticator.authenticate(
-        request.headers.get("authorization")
-    )
+    token = bearer_token(request.headers.get("authorization"))
+    return await services_of(request).authenticator.authenticate(token)
 
 
 async def get_services(request: Request) -> Services:

@@ -23,6 +23,7 @@ from inhouse.api.flow_routes import FlowRunRequest, FlowRunResult, chat_request,
 from inhouse.flows.runner import CompiledFlow
 from inhouse.flows.spec import flow_json_schema
 from inhouse.flows.store import FlowInfo, FlowVersion
+from inhouse.gateway.context import Endpoint
 from inhouse.gateway.services import Services
 from inhouse.tenancy.models import Principal, Role
 from inhouse.tenancy.permissions import Permission, scope_tenant
@@ -135,7 +136,8 @@ async def test_flow(body: FlowTestBody, services: ServicesDep, principal: Caller
     results = []
     for sample in body.inputs:
         request = chat_request(f"flow:{spec.name}", sample)
-        results.append(flow_run_result(await services.gateway.try_flow(principal, flow, request)))
+        reply = await services.pipeline.handle(principal, request, Endpoint.CHAT, trial=flow)
+        results.append(flow_run_result(reply))
     return FlowTestReport(flow=spec.name, results=results)
 
 

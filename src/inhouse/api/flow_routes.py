@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, ConfigDict, Field
 
 from inhouse.api.access import Require
 from inhouse.api.admin_schemas import Text
 from inhouse.api.deps import ServicesDep
-from inhouse.gateway.protocol import ChatCompletionRequest, Usage
-from inhouse.gateway.replies import JsonReply, Reply
+from inhouse.gateway.context import Endpoint
+from inhouse.protocol.openai import ChatCompletionRequest, Usage
+from inhouse.protocol.replies import JsonReply, Reply
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.permissions import Permission
 
@@ -53,7 +53,9 @@ async def run_flow(
 ) -> FlowRunResult:
     """Run the tenant's published flow NAME on ``input``."""
     request = chat_request(f"flow:{name}", body)
-    reply = await services.gateway.chat(principal, request, trace=x_inhouse_trace == "1")
+    reply = await services.pipeline.handle(
+        principal, request, Endpoint.CHAT, trace=x_inhouse_trace == "1"
+    )
     return flow_run_result(reply)
 
 
@@ -71,8 +73,8 @@ def chat_request(flow_model: str, body: FlowRunRequest) -> ChatCompletionRequest
 
 def flow_run_result(reply: Reply) -> FlowRunResult:
     """A flow's chat completion as structured output."""
-    assert isinstance(reply, JsonReply)
-    answer = orjson.loads(reply.body)
+    assert isinstance(reply, JsonReply) and reply.payload is not None
+    answer = reply.payload
     inhouse = answer["inhouse"]
     known = {"flow", "version", "blocked", "flags", "trace"}
     return FlowRunResult(

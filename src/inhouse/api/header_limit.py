@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inhouse.api.errors import error_response
+from inhouse.protocol.errors import error_response
 
 
 class HeaderLimit:

@@ -34,6 +34,7 @@ from inhouse.errors import AuthenticationError, PermissionDeniedError
 from inhouse.fleet.nodes import NodeKind, NodeSpec, Tier
 from inhouse.fleet.registry import MAX_CAPACITY, NODE_TOKEN_ENV, Registration
 from inhouse.gateway.services import Services
+from inhouse.protocol.bearer import bearer_token
 from inhouse.security.api_keys import KEY_PREFIX
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.permissions import Permission
@@ -148,10 +149,11 @@ class NodeCaller(Require):
 
     async def __call__(self, request: Request) -> Any:  # str | None: see NodeOrManager
         """None for a node; the key id of a principal. Raises 401 or 403."""
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        token = token.strip()
-        inhouse_credential = token.startswith((KEY_PREFIX, SESSION_PREFIX))
-        if scheme.lower() != "bearer" or not token or inhouse_credential:
+        try:
+            token = bearer_token(request.headers.get("authorization"))
+        except AuthenticationError:
+            token = ""  # answered as on every route, below
+        if not token or token.startswith((KEY_PREFIX, SESSION_PREFIX)):
             principal = await caller_allowed(request, self.permission)
             return principal.key_id
         expected = services_of(request).settings.node_token

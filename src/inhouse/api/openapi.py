@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from inhouse.api.access import all_routes
-from inhouse.gateway.protocol import (
+from inhouse.protocol.openai import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,

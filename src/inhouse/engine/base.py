@@ -46,6 +46,16 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """Whose share of the running slots a request counts against: an opaque group (the
+    gateway names the tenant) and its weight. No group holds more than the engine's
+    ``max_share`` of the slots while another group waits (``engine.fair_slots``)."""
+
+    group: str = ""
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """Either chat ``messages`` (the model's chat template applies) or a raw ``prompt``."""
 
@@ -53,6 +63,7 @@ class GenerationRequest:
     params: SamplingParams
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
+    share: Share = field(default_factory=Share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +99,11 @@ class PreparedGeneration(Protocol):
     def prompt_tokens(self) -> int: ...
 
     def stream(self) -> AsyncIterator[GenerationChunk]: ...
+
+    def cancel(self) -> None:
+        """Give the request up: free what ``prepare`` took, whether or not ``stream`` ran
+        (a stream ended or closed frees it by itself); calling it again does nothing."""
+        ...
 
 
 class TextGenerator(Protocol):

@@ -58,6 +58,12 @@ class FakeGeneration:
         self._engine = engine
         self._words = words
         self._request = request
+        self._open = True
+
+    def cancel(self) -> None:
+        if self._open:
+            self._open = False
+            self._engine.open -= 1
 
     @property
     def prompt_tokens(self) -> int:
@@ -84,4 +90,4 @@ class FakeGeneration:
                     return
                 yield GenerationChunk(delta.text, None, usage)
         finally:
-            self._engine.open -= 1
+            self.cancel()

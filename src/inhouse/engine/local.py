@@ -315,4 +315,7 @@ class LocalGeneration:
                     return
         finally:
             if not finished:
-                self._engine._cancel(self._sequence.seq_id)
+                self.cancel()
+
+    def cancel(self) -> None:
+        self._engine._cancel(self._sequence.seq_id)

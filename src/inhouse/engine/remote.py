@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -74,14 +74,12 @@ class UpstreamClient:
         session: aiohttp.ClientSession,
         base_url: str,
         *,
-        upstream_model: str | None,
         api_key: str | None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._urls: dict[str, URL] = {}
-        self.upstream_model = upstream_model
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -107,11 +105,8 @@ class UpstreamClient:
             raise UpstreamError("upstream timed out") from exc
         return _decode_object(payload)
 
-    async def open_stream(self, path: str, body: JsonObject) -> AsyncIterator[JsonObject | None]:
-        """Start a streamed request; fails here (before any byte is sent on) if refused.
-
-        The iterator yields each SSE ``data`` object, then ``None`` for ``[DONE]``.
-        """
+    async def open_stream(self, path: str, body: JsonObject) -> UpstreamStream:
+        """Start a streamed request; fails here (before any byte is sent on) if refused."""
         try:
             response = await self._session.post(
                 self._url(path), data=orjson.dumps(body), headers=self._headers
@@ -128,23 +123,33 @@ class UpstreamClient:
             finally:
                 response.release()
             raise _status_error(response.status, payload)
-        return _sse_events(response)
+        return UpstreamStream(response)
 
 
-async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[JsonObject | None]:
-    try:
-        async for line in response.content:
-            if not line.startswith(_SSE_DATA):
-                continue
-            data = line[len(_SSE_DATA) :].strip()
-            if data == b"[DONE]":
-                yield None
-                return
-            yield _decode_object(data)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamError(f"upstream stream broke: {type(exc).__name__}") from exc
-    finally:
-        response.release()
+class UpstreamStream:
+    """A streamed answer being received: its SSE ``data`` objects, and the connection,
+    which ``release`` gives back (also when nothing was read)."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def payloads(self) -> AsyncGenerator[JsonObject, None]:
+        """Each ``data`` object until ``[DONE]``; the connection is released at the end."""
+        try:
+            async for line in self._response.content:
+                if not line.startswith(_SSE_DATA):
+                    continue
+                data = line[len(_SSE_DATA) :].strip()
+                if data == b"[DONE]":
+                    return
+                yield _decode_object(data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"upstream stream broke: {type(exc).__name__}") from exc
+        finally:
+            self._response.release()
+
+    def release(self) -> None:
+        self._response.release()
 
 
 def _decode_object(payload: bytes) -> JsonObject:

@@ -74,7 +74,9 @@ class FlowContext:
 
 
 class Step(Protocol):
-    """A configured step: ``run`` changes the context in place."""
+    """A configured step: ``run`` changes the context in place. A post step that may call
+    ``context.regenerate`` says so with a true ``may_ask_again`` attribute; each such
+    step gets one more model call per request, and no step gets more."""
 
     name: str
 

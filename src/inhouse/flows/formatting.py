@@ -127,6 +127,7 @@ class JsonFormatStep:
 
     def __init__(self, options: JsonFormatOptions) -> None:
         self._repair = options.repair
+        self.may_ask_again = options.repair
         # An empty registry: a $ref is resolved inside the schema, never fetched.
         self._validator = Draft202012Validator(options.json_schema, registry=Registry())
         compact = json.dumps(options.json_schema, ensure_ascii=False, separators=(",", ":"))

@@ -46,6 +46,11 @@ class CompiledFlow:
             registry.build(s.type, s.options, Stage.POST, where=f"post.{i}")
             for i, s in enumerate(spec.post)
         ]
+        self.max_model_calls = 1 + sum(
+            1 for step in self._post if getattr(step, "may_ask_again", False)
+        )
+        """The answer, and one more call for each post step that may ask the model again
+        (``context.regenerate``): what admission reserves for, and all a request gets."""
 
     def start(
         self, text: str, *, user: str | None = None, variables: Mapping[str, str] | None = None

@@ -1,9 +1,11 @@
-"""Which engine answers which model name: a snapshot of the registry, refreshed often.
+"""Which engine client answers which model name: a snapshot of the registry, refreshed
+often, and the fleet for names only nodes serve.
 
 The snapshot is re-read every ``registry_refresh_seconds`` so that models added or
 removed by the CLI (another process) take effect within seconds, without a
 database query on the request path. Local engines load on first use (the built-in
-one at start-up); remote clients share one pooled HTTP session.
+one at start-up); remote clients share one pooled HTTP session. The gateway's own
+models answer before the fleet's, so a node cannot take over a registered name.
 """
 
 from __future__ import annotations
@@ -11,22 +13,58 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 
 from inhouse.config import Settings
 from inhouse.engine.base import TextGenerator
+from inhouse.engine.client import Answer, AnswerStream, EngineClient, EngineRequest, Origin
 from inhouse.engine.local import LocalEngine
+from inhouse.engine.local_client import LocalEngineClient
 from inhouse.engine.remote import UpstreamClient, create_session
+from inhouse.engine.upstream_client import UpstreamEngineClient
 from inhouse.errors import NotFoundError
+from inhouse.protocol.openai import ModelCard, ModelList
 from inhouse.registry.builtin import ensure_builtin_model
 from inhouse.registry.models import ModelEntry, ModelKind, ModelRegistry
+from inhouse.tenancy.models import Principal
 
 log = logging.getLogger(__name__)
 
 LocalEngineFactory = Callable[[ModelEntry], TextGenerator]
 """Builds the in-process engine of a local model entry (the transformers engine, or a fake)."""
+
+
+class FleetModels(Protocol):
+    """The fleet as the pool sees it: which names its nodes serve, and its client."""
+
+    created: datetime
+
+    def models(self, tenant_id: str) -> list[str]: ...
+
+    def serves(self, model: str, tenant_id: str) -> bool: ...
+
+    async def generate(self, request: EngineRequest) -> Answer | AnswerStream: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A model name resolved: the client that answers it, and what admission needs."""
+
+    name: str
+    engine: EngineClient
+    is_local: bool
+    """In-process: the engine's default max_tokens applies and none is injected."""
+    origin: Origin
+    """Who answers, as usage records name it until an answer says more precisely."""
+
+
+_FLEET = Origin(model_version="fleet", node="")
+"""A fleet model before a node answers."""
 
 
 class EnginePool:
@@ -41,7 +79,8 @@ class EnginePool:
         self._new_local_engine = local_engine or self._new_transformers_engine
         self._entries: dict[str, ModelEntry] = {}
         self._local: dict[str, TextGenerator] = {}
-        self._upstreams: dict[str, UpstreamClient] = {}
+        self._clients: dict[str, EngineClient] = {}
+        self.fleet: FleetModels | None = None
         self._session: aiohttp.ClientSession | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -70,8 +109,8 @@ class EnginePool:
         ]
         self._entries = {entry.name: entry for entry in entries}
         live_ids = {entry.id for entry in entries}
-        for entry_id in [i for i in self._upstreams if i not in live_ids]:
-            del self._upstreams[entry_id]
+        for entry_id in [i for i in self._clients if i not in live_ids]:
+            del self._clients[entry_id]
         for entry_id in [i for i in self._local if i not in live_ids]:
             task = asyncio.create_task(self._local.pop(entry_id).close())
             self._closing.add(task)
@@ -86,19 +125,60 @@ class EnginePool:
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
 
-    def resolve(self, name: str, *, tenant_id: str | None) -> ModelEntry:
-        """The entry of a model name; another tenant's model answers as a missing one.
+    def model_list(self, principal: Principal) -> ModelList:
+        """The models the caller's tenant may use: the gateway's own, then the fleet's."""
+        cards = [
+            ModelCard(
+                id=e.name,
+                created=int(e.created_at.timestamp()),
+                owned_by="inhouse" if e.tenant_id is None else principal.tenant_name,
+            )
+            for e in self._entries.values()
+            if e.visible_to(principal.tenant_id)
+        ]
+        if self.fleet is not None:
+            known = {card.id for card in cards}
+            created = int(self.fleet.created.timestamp())
+            cards += [
+                ModelCard(id=name, created=created, owned_by="fleet")
+                for name in self.fleet.models(principal.tenant_id)
+                if name not in known
+            ]
+        return ModelList(data=cards)
+
+    def resolve(self, name: str, *, tenant_id: str | None) -> Target:
+        """The client of a model name; another tenant's model answers as a missing one.
 
         ``tenant_id`` None: the caller serves every model (a node, not a tenant).
         """
         entry = self._entries.get(name)
-        if entry is None or (tenant_id is not None and not entry.visible_to(tenant_id)):
-            raise NotFoundError(
-                f"The model '{name}' does not exist or you do not have access to it.",
-                param="model",
-                code="model_not_found",
-            )
-        return entry
+        if entry is not None and (tenant_id is None or entry.visible_to(tenant_id)):
+            origin = Origin(model_version=entry.id, node=entry.node_label)
+            return Target(name, self.client(entry), entry.is_local, origin)
+        fleet = self.fleet
+        if fleet is not None and tenant_id is not None and fleet.serves(name, tenant_id):
+            return Target(name, fleet, is_local=False, origin=_FLEET)
+        raise NotFoundError(
+            f"The model '{name}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def entry(self, name: str) -> ModelEntry | None:
+        return self._entries.get(name)
+
+    def client(self, entry: ModelEntry) -> EngineClient:
+        client = self._clients.get(entry.id)
+        if client is None:
+            origin = Origin(model_version=entry.id, node=entry.node_label)
+            if entry.is_local:
+                client = LocalEngineClient(self.local(entry), origin)
+            else:
+                client = UpstreamEngineClient(
+                    self._upstream(entry), entry.upstream_model or entry.name, origin
+                )
+            self._clients[entry.id] = client
+        return client
 
     def local(self, entry: ModelEntry) -> TextGenerator:
         engine = self._local.get(entry.id)
@@ -111,16 +191,10 @@ class EnginePool:
     def _new_transformers_engine(self, entry: ModelEntry) -> TextGenerator:
         return LocalEngine(entry.name, self._directory_resolver(entry), self._settings.engine)
 
-    def upstream(self, entry: ModelEntry) -> UpstreamClient:
-        client = self._upstreams.get(entry.id)
-        if client is None:
-            assert self._session is not None and entry.url is not None
-            api_key = self._registry.upstream_api_key(entry)
-            client = UpstreamClient(
-                self._session, entry.url, upstream_model=entry.upstream_model, api_key=api_key
-            )
-            self._upstreams[entry.id] = client
-        return client
+    def _upstream(self, entry: ModelEntry) -> UpstreamClient:
+        assert self._session is not None and entry.url is not None
+        api_key = self._registry.upstream_api_key(entry)
+        return UpstreamClient(self._session, entry.url, api_key=api_key)
 
     def local_engines(self) -> list[TextGenerator]:
         return list(self._local.values())

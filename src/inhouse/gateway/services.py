@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from inhouse.config import QuotaFailureMode, Settings
+from inhouse.fleet.client import FleetClient
 from inhouse.fleet.health import FleetMonitor
 from inhouse.flows.catalogue import default_registry
 from inhouse.flows.published import PublishedFlows
@@ -13,10 +14,10 @@ from inhouse.flows.violations import ViolationCounter
 from inhouse.gateway.admission import Admission
 from inhouse.gateway.control import Control, open_control
 from inhouse.gateway.engines import EnginePool
-from inhouse.gateway.fleet_calls import FleetCalls
-from inhouse.gateway.flow_calls import FlowCalls
+from inhouse.gateway.flow_stage import FlowStage
 from inhouse.gateway.periodic import Periodic
-from inhouse.gateway.service import Gateway
+from inhouse.gateway.pipeline import Pipeline
+from inhouse.gateway.recording import Recording
 from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.registry.models import BUILTIN_MODEL_NAME
 from inhouse.security.login_throttle import LoginThrottle
@@ -38,7 +39,7 @@ class Services:
     recorder: UsageRecorder
     metrics: GatewayMetrics
     admission: Admission
-    gateway: Gateway
+    pipeline: Pipeline
     login_throttle: LoginThrottle
     housekeeping: tuple[Periodic, ...]
     fleet: FleetMonitor
@@ -94,6 +95,17 @@ def build_services(settings: Settings) -> Services:
     limits = LimitsCache(control.quotas, ttl_seconds=settings.gateway.quota_cache_seconds)
     admission = Admission(limits, build_limiter(settings), settings)
     fleet = FleetMonitor(control.nodes, settings.fleet, gateway=settings.gateway)
+    engines.fleet = FleetClient(fleet, engines.session, settings, metrics)
+    flows = FlowStage(
+        PublishedFlows(
+            control.flows,
+            default_registry(),
+            ttl_seconds=settings.gateway.registry_refresh_seconds,
+        ),
+        violations=ViolationCounter(control.db, control.audit, settings.flows),
+        audit=control.audit,
+        metrics=metrics,
+    )
     return Services(
         control=control,
         authenticator=Authenticator(
@@ -103,22 +115,12 @@ def build_services(settings: Settings) -> Services:
         recorder=recorder,
         metrics=metrics,
         admission=admission,
-        gateway=Gateway(
+        pipeline=Pipeline(
             engines,
-            recorder,
-            metrics,
+            Recording(recorder, metrics, admission),
             admission,
-            flows=FlowCalls(
-                PublishedFlows(
-                    control.flows,
-                    default_registry(),
-                    ttl_seconds=settings.gateway.registry_refresh_seconds,
-                ),
-                violations=ViolationCounter(control.db, control.audit, settings.flows),
-                audit=control.audit,
-                metrics=metrics,
-            ),
-            fleet=FleetCalls(fleet, engines.session, settings, metrics),
+            settings.tenancy,
+            flows=flows,
         ),
         fleet=fleet,
         login_throttle=LoginThrottle(settings.auth.login_attempts_per_minute),

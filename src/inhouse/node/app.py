@@ -18,20 +18,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from inhouse.api.app import new_fastapi
-from inhouse.api.body import parse_body, read_body
-from inhouse.api.errors import install_error_handlers
-from inhouse.api.openai_routes import respond
 from inhouse.config import Settings
 from inhouse.engine.base import Priority
 from inhouse.engine.local import LocalEngine
-from inhouse.errors import AuthenticationError, InvalidRequestError, NotFoundError
-from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from inhouse.errors import AuthenticationError, NotFoundError
 from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.node.registration import Registrar, Registration
 from inhouse.node.service import NodeService
+from inhouse.protocol.bearer import bearer_token
+from inhouse.protocol.body import parse_body, read_body
+from inhouse.protocol.errors import install_error_handlers
+from inhouse.protocol.hints import PRIORITY_HEADER, parse_priority_hint
+from inhouse.protocol.http import new_fastapi, respond
+from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
+from inhouse.protocol.security_headers import SecurityHeaders
 
-PRIORITY_HEADER = "x-inhouse-priority"
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 
 
@@ -49,18 +50,15 @@ def create_node_app(
         scheduler = engine.scheduler
         return scheduler.limits.max_running if scheduler else settings.engine.max_running_sequences
 
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     def authorize(request: Request) -> None:
-        given = (request.headers.get("authorization") or "").encode()
+        given = bearer_token(request.headers.get("authorization")).encode()
         if not hmac.compare_digest(given, expected):
             raise AuthenticationError("missing or wrong node token")
 
     def priority_of(request: Request) -> Priority:
-        value = request.headers.get(PRIORITY_HEADER, "normal").upper()
-        if value not in Priority.__members__:
-            raise InvalidRequestError(f"{PRIORITY_HEADER}: use high, normal or low")
-        return Priority[value]
+        return parse_priority_hint(request.headers.get(PRIORITY_HEADER)) or Priority.NORMAL
 
     async def chat(request: Request) -> Response:
         authorize(request)
@@ -113,6 +111,7 @@ def create_node_app(
 
     app = new_fastapi("inhouse node", lifespan)
     install_error_handlers(app)
+    app.add_middleware(SecurityHeaders)
     app.router.routes[0:0] = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", complete, methods=["POST"]),

@@ -6,16 +6,20 @@ import os
 import time
 from collections.abc import Callable
 
+import orjson
 from pydantic import BaseModel
 
 from inhouse.engine.base import Priority, TokenUsage
+from inhouse.engine.client import Answer, EngineRequest, GenerationCall, Origin
 from inhouse.engine.local import LocalEngine
+from inhouse.engine.local_client import LocalEngineClient
 from inhouse.engine.precision import available_memory_bytes
-from inhouse.gateway import local_calls
-from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
-from inhouse.gateway.replies import Reply
-from inhouse.gateway.request_ids import RequestIds
+from inhouse.errors import InhouseError
 from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.protocol import sse
+from inhouse.protocol.openai import ChatCompletionRequest
+from inhouse.protocol.replies import JsonReply, Reply
+from inhouse.protocol.request_ids import RequestIds
 
 
 class NodeStatus(BaseModel):
@@ -42,6 +46,9 @@ def _rss_bytes() -> int:
 
 
 class NodeService:
+    """Answers the node's OpenAI routes through the local engine's client, and counts
+    each request once in the node's metrics."""
+
     def __init__(
         self,
         engine: LocalEngine,
@@ -50,26 +57,18 @@ class NodeService:
     ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self._client = LocalEngineClient(engine, Origin(model_version=engine.name, node="local"))
         self._clock = clock
         self._request_ids = RequestIds()
 
-    async def answer(
-        self,
-        request: ChatCompletionRequest | CompletionRequest,
-        priority: Priority,
-    ) -> Reply:
+    async def answer(self, request: GenerationCall, priority: Priority) -> Reply:
         chat = isinstance(request, ChatCompletionRequest)
         endpoint = "chat.completions" if chat else "completions"
         request_id = self._request_ids.next("chatcmpl" if chat else "cmpl")
         started = self._clock()
         self.metrics.in_flight.inc()
-        done = False
 
         def finish(status: int, usage: TokenUsage) -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
             self.metrics.in_flight.dec()
             self.metrics.observe(
                 endpoint=endpoint,
@@ -81,12 +80,23 @@ class NodeService:
             )
 
         try:
-            return await local_calls.answer(
-                self.engine, request, request_id, self.engine.name, finish, priority
-            )
+            answer = await self._client.generate(EngineRequest(request, request_id, priority))
+        except InhouseError as exc:
+            finish(exc.status_code, TokenUsage())
+            raise
         except BaseException:
             finish(500, TokenUsage())
             raise
+        if isinstance(answer, Answer):
+            finish(200, answer.usage)
+            return JsonReply(orjson.dumps(answer.payload), request_id)
+        return sse.stream_reply(
+            answer.chunks,
+            answer.release,
+            request_id=request_id,
+            include_usage=request.include_usage_in_stream,
+            on_end=lambda tally: finish(tally.status, tally.usage),
+        )
 
     def status(self) -> NodeStatus:
         scheduler = self.engine.scheduler

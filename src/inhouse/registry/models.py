@@ -61,11 +61,14 @@ class ModelEntry:
     @property
     def node_label(self) -> str:
         """Where it runs, for usage records: this process, or the upstream's host."""
-        if self.url is None:
-            return "local"
-        parts = urlsplit(self.url)  # host and port only: never credentials in the URL
-        host = parts.hostname or ""
-        return (f"{host}:{parts.port}" if parts.port else host)[:128]
+        return "local" if self.url is None else host_label(self.url)
+
+
+def host_label(url: str) -> str:
+    """A URL's host and port, for usage records: never credentials or paths."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return (f"{host}:{parts.port}" if parts.port else host)[:128]
 
 
 def _entry(row: ModelRow) -> ModelEntry:

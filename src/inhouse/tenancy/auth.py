@@ -38,8 +38,10 @@ class Authenticator:
         self._cache: dict[str, tuple[Principal | None, float]] = {}
         self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        token = _bearer_token(authorization)
+    async def authenticate(self, token: str) -> Principal:
+        """The principal of a bearer token (``protocol.bearer`` takes it off the header)."""
+        if not (looks_like_api_key(token) or looks_like_session_token(token)):
+            raise AuthenticationError("Incorrect API key provided.")
         cached = self._cache.get(token)
         if cached is not None and cached[1] > self._clock():
             principal = cached[0]
@@ -87,17 +89,3 @@ class Authenticator:
         self._cache[token] = (principal, self._clock() + self._ttl)
         future.set_result(principal)
         return principal
-
-
-def _bearer_token(authorization: str | None) -> str:
-    if not authorization:
-        raise AuthenticationError(
-            "Missing API key: send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
-        )
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise AuthenticationError("Malformed Authorization header: expected 'Bearer <key>'.")
-    if not (looks_like_api_key(token) or looks_like_session_token(token)):
-        raise AuthenticationError("Incorrect API key provided.")
-    return token

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from inhouse.api.body import parse_body
 from inhouse.errors import InvalidRequestError
-from inhouse.gateway.protocol import ChatCompletionRequest
+from inhouse.protocol.body import parse_body
+from inhouse.protocol.openai import ChatCompletionRequest
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from collections.abc import AsyncGenerator
 import pytest
 from starlette.requests import ClientDisconnect
 
-from inhouse.api.openai_routes import respond
-from inhouse.gateway.replies import StreamReply
+from inhouse.protocol.http import respond
+from inhouse.protocol.replies import StreamReply
 
 
 def test_a_stream_whose_client_left_before_it_started_is_closed_and_reported() -> None:

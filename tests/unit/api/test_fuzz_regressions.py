@@ -17,10 +17,10 @@ from starlette.testclient import TestClient
 from inhouse.api.access import all_routes
 from inhouse.api.admin_schemas import KeyCreate, TenantCreate, TenantOut
 from inhouse.api.app import create_app
-from inhouse.api.body import parse_body
 from inhouse.config import Settings
 from inhouse.errors import InvalidRequestError
-from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest, to_json_object
+from inhouse.protocol.body import parse_body
+from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest, to_json_object
 from inhouse.tenancy.models import Tenant
 from inhouse.tenancy.permissions import Permission
 from tests.conftest import shared_models_dir

@@ -17,7 +17,7 @@ from inhouse.gateway.admission import (
     Admitted,
     estimate_tokens,
 )
-from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
 from inhouse.registry.models import ModelEntry, ModelKind
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.store.db import Database
@@ -54,7 +54,7 @@ def admit(
     settings = Settings(data_dir=tmp_path)
     admission = Admission(LimitsCache(quotas, ttl_seconds=0), LocalLimiter(), settings)
     caller = Principal(tenant.id, "acme", key.id, Role.DEVELOPER)
-    return asyncio.run(admission.admit(caller, request, entry))
+    return asyncio.run(admission.admit(caller, request, is_local=entry.is_local))
 
 
 def test_without_quotas_nothing_is_reserved_or_changed(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from inhouse.config import AuthSettings
 from inhouse.errors import AuthenticationError
+from inhouse.protocol.bearer import bearer_token
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database
@@ -50,9 +51,12 @@ def test_missing_and_malformed_credentials_are_refused(
     tenants: TenantService, users: UserService
 ) -> None:
     auth = Authenticator(tenants, users, ttl_seconds=2)
-    for header in (None, "", "Basic abc", "Bearer ", "Bearer nope"):
+    for header in (None, "", "Basic abc", "Bearer "):
         with pytest.raises(AuthenticationError):
-            asyncio.run(auth.authenticate(header))
+            bearer_token(header)
+    for token in ("nope", "ih_unknown-key-of-the-right-shape-000000000000"):
+        with pytest.raises(AuthenticationError):
+            asyncio.run(auth.authenticate(token))
 
 
 def test_revocation_takes_effect_when_the_cache_entry_expires(
@@ -63,13 +67,13 @@ def test_revocation_takes_effect_when_the_cache_entry_expires(
     info, plaintext = tenants.create_key("lab", Role.DEVELOPER)
 
     async def scenario() -> None:
-        principal = await auth.authenticate(f"Bearer {plaintext}")
+        principal = await auth.authenticate(plaintext)
         assert principal.key_id == info.id
         tenants.revoke_key(info.id)
         clock.now += 1.0
-        await auth.authenticate(f"Bearer {plaintext}")  # still cached
+        await auth.authenticate(plaintext)  # still cached
         clock.now += 1.5
         with pytest.raises(AuthenticationError):
-            await auth.authenticate(f"Bearer {plaintext}")
+            await auth.authenticate(plaintext)
 
     asyncio.run(scenario())

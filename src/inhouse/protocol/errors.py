@@ -1,4 +1,6 @@
-"""Errors to HTTP, in one place: the OpenAI error format, no internals in any body."""
+"""Errors to HTTP, in one place: the OpenAI error format, no internals in any body.
+
+Every inhouse HTTP server (the gateway, ``inhouse node``) installs these handlers."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from inhouse.api.body import is_type_tag
-from inhouse.api.security_headers import SECURITY_HEADERS
 from inhouse.errors import InhouseError, RateLimitError
+from inhouse.protocol.body import is_type_tag
+from inhouse.protocol.security_headers import SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
 

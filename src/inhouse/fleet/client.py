@@ -1,5 +1,5 @@
-"""Requests for models that fleet nodes serve: route by complexity, schedule over the
-nodes, send, fail over.
+"""The fleet behind the engine-client interface: for models that fleet nodes serve,
+route by complexity, schedule over the nodes, send, fail over.
 
 1. **Route.** The request's profile (estimated prompt tokens, turns, ``max_tokens``, task
    keywords, a tier hint from ``X-Inhouse-Tier`` or the flow) and the tenant's (or the
@@ -24,20 +24,25 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 
 from inhouse.config import Settings
-from inhouse.engine.base import Priority, TokenUsage
+from inhouse.engine.base import Priority
+from inhouse.engine.client import (
+    Answer,
+    AnswerStream,
+    EngineRequest,
+    GenerationCall,
+    Origin,
+)
 from inhouse.engine.remote import UpstreamClient
+from inhouse.engine.upstream_client import UpstreamEngineClient
 from inhouse.errors import (
     EngineUnavailableError,
     InhouseError,
-    InvalidRequestError,
     RateLimitError,
     UpstreamError,
     UpstreamRejectedError,
@@ -48,13 +53,11 @@ from inhouse.fleet.nodes import NodeSpec, Tier
 from inhouse.fleet.router import RequestProfile, RouteDecision, RoutingPolicy, route
 from inhouse.fleet.scheduler import Placement, estimate_kv_bytes, schedule
 from inhouse.flows.builtin_steps import DEFAULT_TASKS
-from inhouse.gateway import remote_calls
-from inhouse.gateway.local_calls import OnFinish
-from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest, TextPart
-from inhouse.gateway.replies import JsonReply, Reply, StreamReply
 from inhouse.monitor.metrics import GatewayMetrics, NodeGauge
-from inhouse.registry.models import ModelEntry, ModelKind
-from inhouse.tenancy.models import Principal
+from inhouse.protocol.hints import RouteHints
+from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest, TextPart
+from inhouse.protocol.replies import Chunk
+from inhouse.registry.models import host_label
 
 _RECHECK_SECONDS = 0.25
 """A queued request looks again this often even unwoken: loads change with each poll."""
@@ -69,50 +72,13 @@ def _keyword(word: str) -> re.Pattern[str]:
 _TASK_WORDS = {task: tuple(_keyword(w) for w in words) for task, words in DEFAULT_TASKS.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class RouteHints:
-    """What the caller or a flow says about a request's routing."""
-
-    tier: Tier | None = None
-    tasks: frozenset[str] = frozenset()
-    language: str | None = None
-    policy: Mapping[str, Any] = field(default_factory=dict)
-    """A flow's overrides of the tenant's routing policy."""
-    priority: Priority | None = None
-    """``X-Inhouse-Priority``: a caller may lower its tenant's priority, never raise it."""
-
-
-def parse_tier_hint(value: str | None) -> Tier | None:
-    """The ``X-Inhouse-Tier`` header: ``edge`` or ``center``, or absent."""
-    if value is None:
-        return None
-    try:
-        return Tier(value.strip().lower())
-    except ValueError:
-        raise InvalidRequestError(
-            "X-Inhouse-Tier: use edge or center", param="X-Inhouse-Tier"
-        ) from None
-
-
-def parse_priority_hint(value: str | None) -> Priority | None:
-    """The ``X-Inhouse-Priority`` header: ``high``, ``normal`` or ``low``, or absent."""
-    if value is None:
-        return None
-    try:
-        return Priority[value.strip().upper()]
-    except KeyError:
-        raise InvalidRequestError(
-            "X-Inhouse-Priority: use high, normal or low", param="X-Inhouse-Priority"
-        ) from None
-
-
 def estimate_tokens(text: str) -> int:
     """About four ASCII characters a token, one token for any other character (CJK)."""
     ascii_chars = sum(1 for char in text if char.isascii())
     return ascii_chars // 4 + (len(text) - ascii_chars) + 1
 
 
-def _texts(request: ChatCompletionRequest | CompletionRequest) -> list[str]:
+def _texts(request: GenerationCall) -> list[str]:
     if isinstance(request, CompletionRequest):
         prompt = request.prompt
         return [prompt] if isinstance(prompt, str) else [str(prompt)]
@@ -126,9 +92,7 @@ def _texts(request: ChatCompletionRequest | CompletionRequest) -> list[str]:
     return texts
 
 
-def profile_of(
-    request: ChatCompletionRequest | CompletionRequest, *, priority: Priority, hints: RouteHints
-) -> RequestProfile:
+def profile_of(request: GenerationCall, *, priority: Priority, hints: RouteHints) -> RequestProfile:
     """What the router decides by. A request that sets no ``max_tokens`` says nothing
     about its length (most clients send none): it counts as 0 for routing."""
     texts = _texts(request)
@@ -162,7 +126,7 @@ class _Dispatcher:
         model: str,
         tier: Tier,
         priority: Priority,
-        tenant_id: str,
+        tenant_id: str | None,
         needed_bytes: int,
         exclude: frozenset[str],
     ) -> Placement:
@@ -225,20 +189,20 @@ class _Dispatcher:
 class _NodeUse:
     """One request on one node: ``begin`` was counted; ``done`` ends it exactly once."""
 
-    def __init__(self, calls: FleetCalls, spec: NodeSpec) -> None:
-        self._calls, self.spec = calls, spec
+    def __init__(self, fleet: FleetClient, spec: NodeSpec) -> None:
+        self._fleet, self.spec = fleet, spec
         self._done = False
 
     def done(self, *, ok: bool) -> None:
         if self._done:
             return
         self._done = True
-        self._calls.monitor.end(self.spec.id, ok=ok)
-        self._calls.dispatcher.released(self.spec.models)
+        self._fleet.monitor.end(self.spec.id, ok=ok)
+        self._fleet.dispatcher.released(self.spec.models)
 
 
-class FleetCalls:
-    """The gateway's path to fleet nodes; see the module docstring."""
+class FleetClient:
+    """The fleet as one engine client; see the module docstring."""
 
     def __init__(
         self,
@@ -259,7 +223,7 @@ class FleetCalls:
             for tenant, overrides in settings.fleet.tenant_routing.items()
         }
         self._clients: dict[tuple[str, str, Priority], UpstreamClient] = {}
-        self._created = datetime.now(UTC)
+        self.created = datetime.now(UTC)
         metrics.watch_fleet(self._gauges)
 
     def _gauges(self) -> list[NodeGauge]:
@@ -268,10 +232,6 @@ class FleetCalls:
                       s.load.running, s.load.waiting)
             for s in self.monitor.snapshots()
         ]  # fmt: skip
-
-    @property
-    def created(self) -> datetime:
-        return self._created
 
     def models(self, tenant_id: str) -> list[str]:
         """The model names registered nodes serve to the tenant, sorted."""
@@ -291,17 +251,6 @@ class FleetCalls:
             for s in self.monitor.snapshots()
         )
 
-    def entry(self, model: str, spec: NodeSpec | None = None) -> ModelEntry:
-        """The model as usage records and admission see it (on ``spec`` once placed)."""
-        return ModelEntry(
-            id=f"node:{spec.id}"[:64] if spec is not None else "fleet",
-            name=model,
-            kind=ModelKind.REMOTE,
-            created_at=self._created,
-            url=spec.url if spec is not None else None,
-            upstream_model=spec.models[model] if spec is not None else None,
-        )
-
     def policy_for(self, tenant_name: str, hints: RouteHints) -> RoutingPolicy:
         """The defaults, then a flow's overrides, then the operator's for the tenant: a
         tenant's own flow cannot undo what the operator set for that tenant."""
@@ -310,24 +259,14 @@ class FleetCalls:
         tenant = self._settings.fleet.tenant_routing.get(tenant_name, {})
         return self._policy.merged(hints.policy).merged(tenant)
 
-    async def answer(
-        self,
-        request: ChatCompletionRequest | CompletionRequest,
-        *,
-        principal: Principal,
-        priority: Priority,
-        hints: RouteHints,
-        request_id: str,
-        on_placed: Callable[[ModelEntry], None],
-        on_finish: OnFinish,
-    ) -> Reply:
-        model = request.model
-        profile = profile_of(request, priority=priority, hints=hints)
-        decision = route(profile, self.policy_for(principal.tenant_name, hints))
+    async def generate(self, request: EngineRequest) -> Answer | AnswerStream:
+        body, caller = request.body, request.caller
+        model = body.model
+        profile = profile_of(body, priority=request.priority, hints=request.hints)
+        decision = route(profile, self.policy_for(caller.tenant_name, request.hints))
         # Memory for the worst case: without max_tokens, the gateway's default for remotes.
-        most = request.token_limit or self._settings.gateway.default_max_tokens
+        most = body.token_limit or self._settings.gateway.default_max_tokens
         needed = estimate_kv_bytes(profile.prompt_tokens, most)
-        path = "/chat/completions" if isinstance(request, ChatCompletionRequest) else "/completions"
         tried: set[str] = set()
         failure: InhouseError | None = None
         for _ in range(self._settings.fleet.max_attempts):
@@ -335,8 +274,8 @@ class FleetCalls:
                 placement = await self.dispatcher.place(
                     model=model,
                     tier=decision.tier,
-                    priority=priority,
-                    tenant_id=principal.tenant_id,
+                    priority=request.priority,
+                    tenant_id=caller.tenant_id,
                     needed_bytes=needed,
                     exclude=frozenset(tried),
                 )
@@ -345,13 +284,8 @@ class FleetCalls:
                     break  # every node that could serve it has failed this request
                 raise
             use = _NodeUse(self, self.monitor.spec(placement.node_id))
-            entry = self.entry(model, use.spec)
-            on_placed(entry)
-            headers = _headers(use.spec, decision, placement)
             try:
-                reply = await self._send(
-                    use, request, entry, priority, path, request_id, headers, on_finish
-                )
+                answer = await self._send(use, request, decision, placement)
             except (UpstreamError, RateLimitError, UpstreamRejectedError) as exc:
                 if isinstance(exc, UpstreamRejectedError) and exc.status_code != 404:
                     use.done(ok=True)  # the request itself was refused: relayed as it is
@@ -369,7 +303,7 @@ class FleetCalls:
                 use.done(ok=True)  # refused as a request (4xx), or the caller left
                 raise
             self._metrics.observe_fleet(use.spec.name, use.spec.tier, _rule(decision), "sent")
-            return reply
+            return answer
         assert failure is not None
         if isinstance(failure, RateLimitError):
             raise failure  # every node tried was full: 429 with Retry-After
@@ -378,49 +312,57 @@ class FleetCalls:
     async def _send(
         self,
         use: _NodeUse,
-        request: ChatCompletionRequest | CompletionRequest,
-        entry: ModelEntry,
-        priority: Priority,
-        path: str,
-        request_id: str,
-        headers: dict[str, str],
-        on_finish: OnFinish,
-    ) -> Reply:
-        client = self._client(use.spec, entry, priority)
-        body = remote_calls.upstream_body(request, entry)
-        if request.stream:
-            upstream_events = await client.open_stream(path, body)
+        request: EngineRequest,
+        decision: RouteDecision,
+        placement: Placement,
+    ) -> Answer | AnswerStream:
+        spec, model = use.spec, request.body.model
+        origin = Origin(
+            model_version=f"node:{spec.id}"[:64],
+            node=host_label(spec.url),
+            headers=_headers(spec, decision, placement),
+        )
+        client = self._client(spec, model, request.priority)
+        node = UpstreamEngineClient(client, spec.models[model], origin)
+        answer = await node.generate(request)
+        if isinstance(answer, Answer):
+            use.done(ok=True)
+            return answer
+        stream = answer
 
-            def finished(status: int, usage: TokenUsage | None) -> None:
-                use.done(ok=status < 500)
-                on_finish(status, usage or TokenUsage())
+        def release() -> None:
+            stream.release()
+            use.done(ok=True)
 
-            events = remote_calls.relay_stream(
-                upstream_events,
-                model=request.model,
-                include_usage=request.include_usage_in_stream,
-                on_finish=finished,
-            )
-            return StreamReply(events, request_id, lambda: use.done(ok=True), headers=headers)
-        payload, usage = await remote_calls.relay_json(client, path, body, request.model)
-        use.done(ok=True)
-        on_finish(200, usage)
-        return JsonReply(payload, request_id, headers=headers)
+        return AnswerStream(_watched(stream, use), release, origin)
 
-    def _client(self, spec: NodeSpec, entry: ModelEntry, priority: Priority) -> UpstreamClient:
-        key = (spec.id, entry.name, priority)
+    def _client(self, spec: NodeSpec, model: str, priority: Priority) -> UpstreamClient:
+        key = (spec.id, model, priority)
         client = self._clients.get(key)
         if client is None:
             client = UpstreamClient(
                 self._session(),
                 spec.url,
-                upstream_model=entry.upstream_model,
                 api_key=self.monitor.token(spec.id),
                 # inhouse nodes order their queue by it; other servers ignore the header
                 headers={"X-Inhouse-Priority": priority.name.lower()},
             )
             self._clients[key] = client
         return client
+
+
+async def _watched(stream: AnswerStream, use: _NodeUse) -> AsyncGenerator[Chunk, None]:
+    """A node's stream; a node that breaks it midway counts against its breaker."""
+    ok = True
+    try:
+        async for chunk in stream.chunks:
+            yield chunk
+    except InhouseError as exc:
+        ok = exc.status_code < 500
+        raise
+    finally:
+        await stream.chunks.aclose()
+        use.done(ok=ok)
 
 
 def _rule(decision: RouteDecision) -> str:

@@ -1,4 +1,4 @@
-"""The request lifecycle on a fake engine: answers, usage recorded exactly once,
+"""The request pipeline on a fake engine: answers, usage recorded exactly once,
 metrics, streams abandoned midway, errors before anything is generated."""
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from inhouse.config import Settings
 from inhouse.engine.fake import FakeEngine
 from inhouse.errors import NotFoundError, RateLimitError
 from inhouse.gateway.admission import Admission, estimate_tokens
+from inhouse.gateway.context import Endpoint
 from inhouse.gateway.engines import EnginePool
-from inhouse.gateway.protocol import ChatCompletionRequest
-from inhouse.gateway.replies import JsonReply, StreamReply
-from inhouse.gateway.service import Gateway
+from inhouse.gateway.pipeline import Pipeline
+from inhouse.gateway.recording import Recording
 from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.protocol.openai import ChatCompletionRequest
+from inhouse.protocol.replies import JsonReply, Reply, StreamReply
 from inhouse.registry.models import ModelRegistry
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.store.db import Database
@@ -57,7 +59,11 @@ class Harness:
         self.quotas = QuotaService(self.db)
         limits = LimitsCache(self.quotas, ttl_seconds=0.0)
         self.admission = Admission(limits, LocalLimiter(), settings)
-        self.gateway = Gateway(self.engines, self.recorder, self.metrics, self.admission)
+        recording = Recording(self.recorder, self.metrics, self.admission)
+        self.pipeline = Pipeline(self.engines, recording, self.admission, settings.tenancy)
+
+    async def chat(self, principal: Principal, request: ChatCompletionRequest) -> Reply:
+        return await self.pipeline.handle(principal, request, Endpoint.CHAT)
 
     def tenant_with_quota(self, **quota: object) -> Principal:
         tenants = TenantService(self.db, ApiKeyHasher(b"k" * 32))
@@ -90,7 +96,7 @@ async def drain(events: AsyncIterator[bytes]) -> list[bytes]:
 def test_a_whole_answer_is_recorded_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with Harness(tmp_path, FakeEngine("echo")) as h:
-            reply = await h.gateway.chat(PRINCIPAL, chat(max_tokens=4))
+            reply = await h.chat(PRINCIPAL, chat(max_tokens=4))
             assert isinstance(reply, JsonReply)
             body = orjson.loads(reply.body)
             assert body["choices"][0]["message"]["content"] == "one two three four "
@@ -106,7 +112,7 @@ def test_a_whole_answer_is_recorded_once(tmp_path: Path) -> None:
 def test_an_abandoned_stream_pays_for_what_it_received(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with Harness(tmp_path, FakeEngine("echo")) as h:
-            reply = await h.gateway.chat(PRINCIPAL, chat(stream=True))
+            reply = await h.chat(PRINCIPAL, chat(stream=True))
             assert isinstance(reply, StreamReply)
             events = reply.events
             for _ in range(4):  # the role chunk, then three words
@@ -122,7 +128,7 @@ def test_an_abandoned_stream_pays_for_what_it_received(tmp_path: Path) -> None:
 def test_a_finished_stream_ends_with_usage_and_done(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with Harness(tmp_path, FakeEngine("echo")) as h:
-            reply = await h.gateway.chat(
+            reply = await h.chat(
                 PRINCIPAL, chat(stream=True, stream_options={"include_usage": True}, stop=["four"])
             )
             assert isinstance(reply, StreamReply)
@@ -145,9 +151,9 @@ def test_refusals_raise_before_anything_is_sent_and_bill_nothing(tmp_path: Path)
     async def scenario() -> None:
         async with Harness(tmp_path, FakeEngine("echo", capacity=0)) as h:
             with pytest.raises(NotFoundError):
-                await h.gateway.chat(PRINCIPAL, chat(model="missing"))
+                await h.chat(PRINCIPAL, chat(model="missing"))
             with pytest.raises(RateLimitError):
-                await h.gateway.chat(PRINCIPAL, chat(stream=True))
+                await h.chat(PRINCIPAL, chat(stream=True))
             assert h.in_flight() == 0
             await h.recorder.flush()
             assert h.usage() == [(429, 0, 0)]
@@ -175,17 +181,17 @@ def test_an_abandoned_stream_frees_its_slot_and_pays_only_what_it_received(
     async def scenario() -> None:
         async with Harness(tmp_path, FakeEngine("echo")) as h:
             acme = h.tenant_with_quota(concurrency=1, tokens_per_day=budget)
-            reply = await h.gateway.chat(acme, stream)
+            reply = await h.chat(acme, stream)
             assert isinstance(reply, StreamReply)
             with pytest.raises(RateLimitError, match="concurrency"):
-                await h.gateway.chat(acme, chat(max_tokens=1))
+                await h.chat(acme, chat(max_tokens=1))
             events = reply.events
             for _ in range(3):  # the role chunk, then two words
                 await anext(events)
             await events.aclose()  # the client goes away: 6 + 2 tokens are settled
-            assert isinstance(await h.gateway.chat(acme, follow_up), JsonReply)
+            assert isinstance(await h.chat(acme, follow_up), JsonReply)
             with pytest.raises(RateLimitError, match="tokens_per_day"):
-                await h.gateway.chat(acme, follow_up)
+                await h.chat(acme, follow_up)
             await h.recorder.flush()
             assert h.usage() == [(499, 6, 2), (200, 6, 6)]
 
@@ -198,6 +204,6 @@ def test_a_request_the_engine_refuses_releases_its_reservation(tmp_path: Path) -
             acme = h.tenant_with_quota(concurrency=1, requests_per_minute=100)
             for _ in range(3):  # the engine's 429, never the concurrency quota's
                 with pytest.raises(RateLimitError, match="at capacity"):
-                    await h.gateway.chat(acme, chat())
+                    await h.chat(acme, chat())
 
     asyncio.run(scenario())

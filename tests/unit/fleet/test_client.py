@@ -10,16 +10,10 @@ import pytest
 from inhouse.config import Settings
 from inhouse.engine.base import Priority
 from inhouse.errors import EngineUnavailableError, InvalidRequestError, RateLimitError
+from inhouse.fleet.client import _Dispatcher, estimate_tokens, profile_of
 from inhouse.fleet.nodes import NodeKind, NodeLoad, NodeSnapshot, NodeSpec, Tier
-from inhouse.gateway.fleet_calls import (
-    RouteHints,
-    _Dispatcher,
-    estimate_tokens,
-    parse_priority_hint,
-    parse_tier_hint,
-    profile_of,
-)
-from inhouse.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from inhouse.protocol.hints import RouteHints, parse_priority_hint, parse_tier_hint
+from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
 
 
 def chat(*contents: str, **extra: Any) -> ChatCompletionRequest:
