@@ -16,9 +16,10 @@ import pytest
 from inhouse.config import FleetSettings, Settings
 from inhouse.fleet.breaker import BreakerState
 from inhouse.fleet.health import FleetMonitor, by_name
-from inhouse.fleet.nodes import NodeKind, NodeSnapshot, Tier
+from inhouse.fleet.nodes import NodeKind, NodeSnapshot
 from inhouse.fleet.registry import NodeRegistry
 from inhouse.gateway.control import open_control
+from inhouse.protocol.types import Tier
 from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head

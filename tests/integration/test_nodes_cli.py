@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from inhouse.config import GatewaySettings
-from inhouse.fleet.nodes import Tier
 from inhouse.node.registration import Registrar, Registration, register_url
+from inhouse.protocol.types import Tier
 from tests.integration.fake_vllm import FakeVllm
 from tests.integration.server import InhouseProcess, free_port
 

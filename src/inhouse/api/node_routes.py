@@ -31,10 +31,11 @@ from inhouse.api.access import Require, caller_allowed
 from inhouse.api.admin_schemas import Text
 from inhouse.api.deps import ServicesDep, services_of
 from inhouse.errors import AuthenticationError, PermissionDeniedError
-from inhouse.fleet.nodes import NodeKind, NodeSpec, Tier
+from inhouse.fleet.nodes import NodeKind, NodeSpec
 from inhouse.fleet.registry import MAX_CAPACITY, NODE_TOKEN_ENV, Registration
 from inhouse.gateway.services import Services
 from inhouse.protocol.bearer import bearer_token
+from inhouse.protocol.types import Tier
 from inhouse.security.api_keys import KEY_PREFIX
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.permissions import Permission

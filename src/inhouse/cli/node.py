@@ -9,9 +9,9 @@ import typer
 from inhouse.cli.common import configure_logging, control_plane, fail, settings_or_exit
 from inhouse.config import Precision
 from inhouse.errors import InhouseError
-from inhouse.fleet.nodes import Tier
 from inhouse.fleet.registry import NODE_NAME, normalise_url
 from inhouse.node.registration import Registration
+from inhouse.protocol.types import Tier
 from inhouse.registry.builtin import ensure_builtin_model
 from inhouse.registry.models import ModelKind
 

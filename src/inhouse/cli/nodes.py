@@ -22,8 +22,9 @@ from inhouse.config import Settings
 from inhouse.engine.remote import create_session
 from inhouse.errors import InhouseError
 from inhouse.fleet.health import HttpProber
-from inhouse.fleet.nodes import NodeKind, NodeSpec, Tier
+from inhouse.fleet.nodes import NodeKind, NodeSpec
 from inhouse.fleet.registry import NODE_TOKEN_ENV, check_token_env, normalise_url, read_token
+from inhouse.protocol.types import Tier
 from inhouse.tenancy.quotas import parse_bytes
 
 app = typer.Typer(help="Fleet nodes: remote model servers the gateway routes to, by tier.")

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Protocol
 
-
-class Priority(IntEnum):
-    """Lower value is served first."""
-
-    HIGH = 0
-    NORMAL = 1
-    LOW = 2
+from inhouse.protocol.types import Priority, TokenUsage
 
 
 class FinishReason(StrEnum):
@@ -64,16 +58,6 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     share: Share = field(default_factory=Share)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True, slots=True)

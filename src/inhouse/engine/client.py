@@ -15,11 +15,12 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from inhouse.engine.base import Priority, Share, TokenUsage
+from inhouse.engine.base import Share
 from inhouse.errors import UpstreamError
 from inhouse.protocol.hints import NO_HINTS, RouteHints
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
 from inhouse.protocol.replies import Chunk, JsonObject
+from inhouse.protocol.types import Priority, TokenUsage
 
 GenerationCall = ChatCompletionRequest | CompletionRequest
 """An OpenAI generation request: a chat or a raw completion."""

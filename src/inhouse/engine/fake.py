@@ -11,15 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from inhouse.engine.base import (
-    FinishReason,
-    GenerationChunk,
-    GenerationRequest,
-    Priority,
-    TokenUsage,
-)
+from inhouse.engine.base import FinishReason, GenerationChunk, GenerationRequest
 from inhouse.engine.text_stream import StopStringStream
 from inhouse.errors import RateLimitError
+from inhouse.protocol.types import Priority, TokenUsage
 
 
 class FakeEngine:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from inhouse.config import EngineSettings, Precision
-from inhouse.engine.base import GenerationChunk, GenerationRequest, Priority
+from inhouse.engine.base import GenerationChunk, GenerationRequest
 from inhouse.engine.batch import RunningBatch
 from inhouse.engine.precision import (
     apply_precision,
@@ -36,6 +36,7 @@ from inhouse.errors import (
     EngineUnavailableError,
     InvalidRequestError,
 )
+from inhouse.protocol.types import Priority
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from inhouse.engine.base import (
     PreparedGeneration,
     SamplingParams,
     TextGenerator,
-    TokenUsage,
     collect,
 )
 from inhouse.engine.client import Answer, AnswerStream, EngineRequest, GenerationCall, Origin
 from inhouse.errors import InvalidRequestError
 from inhouse.protocol.openai import ChatCompletionRequest, ChatMessageIn
 from inhouse.protocol.replies import Chunk, JsonObject
+from inhouse.protocol.types import TokenUsage
 
 
 def sampling_params(request: GenerationCall) -> SamplingParams:

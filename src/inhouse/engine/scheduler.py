@@ -23,8 +23,8 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
-from inhouse.engine.base import Priority
 from inhouse.errors import InvalidRequestError, RateLimitError
+from inhouse.protocol.types import Priority
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,11 @@ from collections.abc import Sequence as Seq
 
 import torch
 
-from inhouse.engine.base import FinishReason, GenerationChunk, SamplingParams, TokenUsage
+from inhouse.engine.base import FinishReason, GenerationChunk, SamplingParams
 from inhouse.engine.sampling import make_generator, next_token
 from inhouse.engine.text_stream import StopStringStream
 from inhouse.errors import InhouseError
+from inhouse.protocol.types import TokenUsage
 
 
 class SequenceState:

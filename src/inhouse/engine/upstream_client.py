@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from inhouse.engine.base import TokenUsage
 from inhouse.engine.client import (
     Answer,
     AnswerStream,
@@ -21,6 +20,7 @@ from inhouse.engine.client import (
 from inhouse.engine.remote import UpstreamClient, UpstreamStream
 from inhouse.protocol.openai import ChatCompletionRequest, to_json_object
 from inhouse.protocol.replies import Chunk, JsonObject
+from inhouse.protocol.types import TokenUsage
 
 _MAX_TOKENS_REPORTED = 2**31 - 1  # what a usage row holds
 

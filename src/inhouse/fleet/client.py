@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 import aiohttp
 
 from inhouse.config import Settings
-from inhouse.engine.base import Priority
 from inhouse.engine.client import (
     Answer,
     AnswerStream,
@@ -49,14 +48,20 @@ from inhouse.errors import (
 )
 from inhouse.fleet.dispatch_queue import DispatchQueue, QueueTicket
 from inhouse.fleet.health import FleetMonitor
-from inhouse.fleet.nodes import NodeSpec, Tier
-from inhouse.fleet.router import RequestProfile, RouteDecision, RoutingPolicy, route
+from inhouse.fleet.nodes import NodeSpec
+from inhouse.fleet.router import (
+    DEFAULT_TASKS,
+    RequestProfile,
+    RouteDecision,
+    RoutingPolicy,
+    route,
+)
 from inhouse.fleet.scheduler import Placement, estimate_kv_bytes, schedule
-from inhouse.flows.builtin_steps import DEFAULT_TASKS
 from inhouse.monitor.metrics import GatewayMetrics, NodeGauge
 from inhouse.protocol.hints import RouteHints
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest, TextPart
 from inhouse.protocol.replies import Chunk
+from inhouse.protocol.types import Priority, Tier
 from inhouse.registry.models import host_label
 
 _RECHECK_SECONDS = 0.25

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from inhouse.engine.base import Priority
 from inhouse.errors import RateLimitError
+from inhouse.protocol.types import Priority
 
 T = TypeVar("T")
 

@@ -11,16 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-
-class Tier(StrEnum):
-    EDGE = "edge"
-    """Small models (under ~10B parameters) close to the users: cheap, fast, limited."""
-    CENTER = "center"
-    """Large models in the data center: for long, deep or demanding requests."""
-
-    @property
-    def other(self) -> Tier:
-        return Tier.CENTER if self is Tier.EDGE else Tier.EDGE
+from inhouse.protocol.types import Tier
 
 
 class NodeKind(StrEnum):

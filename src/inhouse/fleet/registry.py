@@ -27,7 +27,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
-from inhouse.fleet.nodes import NodeKind, NodeSpec, Tier
+from inhouse.fleet.nodes import NodeKind, NodeSpec
+from inhouse.protocol.types import Tier
 from inhouse.registry.models import ENV_VAR_NAME, MODEL_NAME
 from inhouse.security.api_keys import new_id
 from inhouse.security.audit import AuditEvent, AuditLog

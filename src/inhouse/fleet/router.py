@@ -34,10 +34,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inhouse.engine.base import Priority
 from inhouse.errors import InvalidRequestError
-from inhouse.fleet.nodes import Tier
+from inhouse.protocol.types import Priority, Tier
 from inhouse.validation import first_problem
+
+DEFAULT_TASKS: dict[str, list[str]] = {
+    "translate": ["translate", "翻译", "译成"],
+    "summarize": ["summarize", "summary", "总结", "摘要", "概括"],
+    "code": ["code", "python", "sql", "函数", "代码", "编程"],
+    "analysis": ["analyze", "analyse", "compare", "分析", "比较", "评估"],
+}
+"""Task name → keywords that suggest it: the router's task rules and the flows' ``features``
+step read the same words."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from inhouse.engine.base import Priority
-from inhouse.fleet.nodes import NodeSnapshot, Tier
+from inhouse.fleet.nodes import NodeSnapshot
+from inhouse.protocol.types import Priority, Tier
 
 MEMORY_HEADROOM = 1.2
 """Free memory a node must have, as a multiple of the request's estimated KV bytes."""

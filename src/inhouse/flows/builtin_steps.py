@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from inhouse.fleet.router import DEFAULT_TASKS
 from inhouse.flows.context import Block, FlowContext, Stage, StepOptions, StepType
 from inhouse.flows.pii import PiiKind, mask, restore
 
@@ -105,13 +106,6 @@ class PiiCheckStep:
 
 _HAN = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]")
 _LATIN = re.compile(r"[A-Za-z]")
-
-DEFAULT_TASKS: dict[str, list[str]] = {
-    "translate": ["translate", "翻译", "译成"],
-    "summarize": ["summarize", "summary", "总结", "摘要", "概括"],
-    "code": ["code", "python", "sql", "函数", "代码", "编程"],
-    "analysis": ["analyze", "analyse", "compare", "分析", "比较", "评估"],
-}
 
 
 class FeaturesOptions(StepOptions):

@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 
 from inhouse.config import Settings
-from inhouse.engine.base import Priority, TokenUsage
 from inhouse.engine.client import GenerationCall
 from inhouse.errors import InvalidRequestError
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest, to_json_object
+from inhouse.protocol.types import Priority, TokenUsage
 from inhouse.tenancy.admission import Limiter, Ticket, subjects_of
 from inhouse.tenancy.models import Principal
 from inhouse.tenancy.quotas import Limits, LimitsCache, PriorityClass

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from inhouse.engine.base import Priority, TokenUsage
 from inhouse.engine.client import GenerationCall, Origin
 from inhouse.flows.runner import CompiledFlow, FlowRun
 from inhouse.gateway.engines import Target
 from inhouse.monitor.metrics import UNRESOLVED_MODEL
 from inhouse.protocol.hints import RouteHints
+from inhouse.protocol.types import Priority, TokenUsage
 from inhouse.tenancy.admission import Ticket
 from inhouse.tenancy.models import Principal
 

@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 
 from inhouse.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from inhouse.fleet.nodes import Tier
 from inhouse.flows.published import PublishedFlows
 from inhouse.flows.runner import CompiledFlow, FlowRun
 from inhouse.flows.spec import FLOW_NAME
@@ -35,6 +34,7 @@ from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.protocol import sse
 from inhouse.protocol.hints import RouteHints
 from inhouse.protocol.openai import ChatCompletionRequest, TextPart
+from inhouse.protocol.types import Tier
 from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.tenancy.models import Principal
 

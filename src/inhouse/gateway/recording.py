@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from inhouse.engine.base import TokenUsage
 from inhouse.gateway.admission import Admission
 from inhouse.gateway.context import RequestContext
 from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.protocol.types import TokenUsage
 from inhouse.tenancy.metering import IN_PROGRESS, UsageEvent, UsageRecorder
 
 

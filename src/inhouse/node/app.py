@@ -19,7 +19,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inhouse.config import Settings
-from inhouse.engine.base import Priority
 from inhouse.engine.local import LocalEngine
 from inhouse.errors import AuthenticationError, NotFoundError
 from inhouse.monitor.metrics import GatewayMetrics
@@ -32,6 +31,7 @@ from inhouse.protocol.hints import PRIORITY_HEADER, parse_priority_hint
 from inhouse.protocol.http import new_fastapi, respond
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
 from inhouse.protocol.security_headers import SecurityHeaders
+from inhouse.protocol.types import Priority
 
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 

@@ -21,7 +21,7 @@ import orjson
 
 from inhouse.config import GatewaySettings
 from inhouse.engine.remote import create_session
-from inhouse.fleet.nodes import Tier
+from inhouse.protocol.types import Tier
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import orjson
 from pydantic import BaseModel
 
-from inhouse.engine.base import Priority, TokenUsage
 from inhouse.engine.client import Answer, EngineRequest, GenerationCall, Origin
 from inhouse.engine.local import LocalEngine
 from inhouse.engine.local_client import LocalEngineClient
@@ -20,6 +19,7 @@ from inhouse.protocol import sse
 from inhouse.protocol.openai import ChatCompletionRequest
 from inhouse.protocol.replies import JsonReply, Reply
 from inhouse.protocol.request_ids import RequestIds
+from inhouse.protocol.types import Priority, TokenUsage
 
 
 class NodeStatus(BaseModel):

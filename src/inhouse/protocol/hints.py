@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inhouse.engine.base import Priority
 from inhouse.errors import InvalidRequestError
-from inhouse.fleet.nodes import Tier
+from inhouse.protocol.types import Priority, Tier
 
 TIER_HEADER = "x-inhouse-tier"
 PRIORITY_HEADER = "x-inhouse-priority"

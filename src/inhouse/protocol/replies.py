@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inhouse.engine.base import TokenUsage
+from inhouse.protocol.types import TokenUsage
 
 JsonObject = dict[str, Any]
 

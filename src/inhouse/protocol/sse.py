@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from inhouse.engine.base import TokenUsage
 from inhouse.errors import InhouseError
 from inhouse.protocol.replies import Chunk, StreamReply
+from inhouse.protocol.types import TokenUsage
 
 DONE = b"data: [DONE]\n\n"
 CLIENT_GONE = 499

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from inhouse.engine.base import Priority
 from inhouse.engine.scheduler import (
     QueueFullError,
     Scheduler,
@@ -12,6 +11,7 @@ from inhouse.engine.scheduler import (
     SequenceSpec,
 )
 from inhouse.errors import InvalidRequestError
+from inhouse.protocol.types import Priority
 
 
 def spec(

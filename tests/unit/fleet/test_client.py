@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from inhouse.config import Settings
-from inhouse.engine.base import Priority
 from inhouse.errors import EngineUnavailableError, InvalidRequestError, RateLimitError
 from inhouse.fleet.client import _Dispatcher, estimate_tokens, profile_of
-from inhouse.fleet.nodes import NodeKind, NodeLoad, NodeSnapshot, NodeSpec, Tier
+from inhouse.fleet.nodes import NodeKind, NodeLoad, NodeSnapshot, NodeSpec
 from inhouse.protocol.hints import RouteHints, parse_priority_hint, parse_tier_hint
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
+from inhouse.protocol.types import Priority, Tier
 
 
 def chat(*contents: str, **extra: Any) -> ChatCompletionRequest:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from bench.cluster_sim import QUICK_REQUESTS, main, run_grid
 
-from inhouse.fleet.nodes import Tier
+from inhouse.protocol.types import Tier
 
 # bench/cluster_sim.py puts bench/ on the path for its helper package.
 from _cluster.fleet import GPU_FLEET  # isort: skip

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inhouse.engine.base import Priority
 from inhouse.errors import RateLimitError
 from inhouse.fleet.dispatch_queue import DispatchQueue
+from inhouse.protocol.types import Priority
 
 T = TypeVar("T")
 

@@ -22,8 +22,9 @@ from inhouse.fleet.health import (
     parse_model_ids,
     parse_vllm_metrics,
 )
-from inhouse.fleet.nodes import NodeKind, NodeLoad, NodeSpec, Tier
+from inhouse.fleet.nodes import NodeKind, NodeLoad, NodeSpec
 from inhouse.fleet.registry import NodeRegistry
+from inhouse.protocol.types import Tier
 
 # Trimmed from a vLLM V1 server with two data-parallel engines: gauges, counters with
 # _total/_created, a histogram, an info metric, labels in vLLM's order.

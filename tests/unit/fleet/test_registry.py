@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
-from inhouse.fleet.nodes import NodeKind, Tier
+from inhouse.fleet.nodes import NodeKind
 from inhouse.fleet.registry import (
     NodeRegistry,
     Registration,
@@ -19,6 +19,7 @@ from inhouse.fleet.registry import (
     normalise_url,
     read_token,
 )
+from inhouse.protocol.types import Tier
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database

@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 
-from inhouse.engine.base import Priority
 from inhouse.errors import InvalidRequestError
-from inhouse.fleet.nodes import Tier
 from inhouse.fleet.router import RequestProfile, RouteDecision, RoutingPolicy, route
+from inhouse.protocol.types import Priority, Tier
 
 POLICY = RoutingPolicy()
 

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inhouse.engine.base import Priority
-from inhouse.fleet.nodes import NodeKind, NodeLoad, NodeSnapshot, NodeSpec, Tier
+from inhouse.fleet.nodes import NodeKind, NodeLoad, NodeSnapshot, NodeSpec
 from inhouse.fleet.scheduler import (
     DEFAULT_KV_BYTES_PER_TOKEN,
     MEMORY_HEADROOM,
@@ -24,6 +23,7 @@ from inhouse.fleet.scheduler import (
     occupancy,
     schedule,
 )
+from inhouse.protocol.types import Priority, Tier
 
 MODEL = "assistant"
 

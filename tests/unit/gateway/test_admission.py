@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from inhouse.config import Settings
-from inhouse.engine.base import Priority
 from inhouse.gateway.admission import (
     MEDIA_PART_ALLOWANCE,
     TEMPLATE_ALLOWANCE,
@@ -18,6 +17,7 @@ from inhouse.gateway.admission import (
     estimate_tokens,
 )
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
+from inhouse.protocol.types import Priority
 from inhouse.registry.models import ModelEntry, ModelKind
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.store.db import Database
