@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inhouse.config import EngineSettings, Precision
-from inhouse.engine.base import ChatMessage, GenerationRequest, SamplingParams
+from inhouse.engine.base import ChatMessage, GenerationRequest, SamplingParams, Share
 from inhouse.engine.batch import RunningBatch, prefill_groups
 from inhouse.engine.local import LocalEngine
 from inhouse.engine.precision import apply_precision
@@ -88,6 +88,50 @@ def test_greedy_output_under_batching_equals_generate(reference: tuple[Any, Any]
         return list(results[:-1])
 
     assert asyncio.run(scenario()) == expected
+
+
+def test_a_preempted_sequence_resumes_exactly_where_it_stopped(
+    reference: tuple[Any, Any],
+) -> None:
+    """A tenant alone takes both slots; when another tenant arrives, the first one's
+    newest sequence is preempted for fairness and later prefilled again with its output:
+    every answer still equals ``generate``'s."""
+    model, tokenizer = reference
+    plan = [("a", QUESTIONS[0], 48), ("a", QUESTIONS[1], 48), ("b", QUESTIONS[3], 16)]
+    expected = [generate_alone(model, tokenizer, q, n) for _, q, n in plan]
+
+    async def scenario() -> tuple[list[str], int]:
+        settings = EngineSettings(max_running_sequences=2)
+        engine = LocalEngine(BUILTIN_MODEL_NAME, lambda: MODEL_DIR, settings, max_share=0.5)
+        await engine.wait_ready()
+        preempted = 0
+
+        async def run(index: int) -> str:
+            nonlocal preempted
+            group, question, max_tokens = plan[index]
+            generation = GenerationRequest(
+                request_id=question,
+                params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+                messages=(ChatMessage("user", question),),
+                share=Share(group),
+            )
+            prepared = await engine.prepare(generation)
+            return "".join([chunk.text async for chunk in prepared.stream()])
+
+        first = [asyncio.create_task(run(0)), asyncio.create_task(run(1))]
+        await asyncio.sleep(0.5)  # a holds both slots and is mid-answer
+        assert engine.scheduler is not None
+        assert engine.scheduler.running_by_group() == {"a": 2}
+        late = asyncio.create_task(run(2))
+        await asyncio.sleep(0.3)
+        preempted = engine.scheduler.waiting_by_group().get("a", 0)
+        results = await asyncio.gather(*first, late)
+        await engine.close()
+        return list(results), preempted
+
+    results, preempted = asyncio.run(scenario())
+    assert preempted == 1
+    assert results == expected
 
 
 def test_prompts_prefilled_together_decode_like_generate(reference: tuple[Any, Any]) -> None:

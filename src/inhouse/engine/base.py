@@ -50,6 +50,12 @@ class Share:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupLoad:
+    running: int = 0
+    waiting: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """Either chat ``messages`` (the model's chat template applies) or a raw ``prompt``."""
 
@@ -108,6 +114,10 @@ class TextGenerator(Protocol):
         self, request: GenerationRequest, priority: Priority = Priority.NORMAL
     ) -> PreparedGeneration:
         """Validate and admit; raise (4xx) before anything is generated."""
+        ...
+
+    def load_by_group(self) -> dict[str, GroupLoad]:
+        """Running and waiting requests per fair-share group, now."""
         ...
 
     async def close(self) -> None: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from inhouse.engine.base import FinishReason, GenerationChunk, GenerationRequest
+from inhouse.engine.base import FinishReason, GenerationChunk, GenerationRequest, GroupLoad
 from inhouse.engine.text_stream import StopStringStream
 from inhouse.errors import RateLimitError
 from inhouse.protocol.types import Priority, TokenUsage
@@ -37,6 +37,9 @@ class FakeEngine:
 
     async def close(self) -> None:
         self.started = False
+
+    def load_by_group(self) -> dict[str, GroupLoad]:
+        return {"": GroupLoad(running=self.open)} if self.open else {}
 
     async def prepare(
         self, request: GenerationRequest, priority: Priority = Priority.NORMAL

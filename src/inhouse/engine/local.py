@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from inhouse.config import EngineSettings, Precision
-from inhouse.engine.base import GenerationChunk, GenerationRequest
+from inhouse.engine.base import GenerationChunk, GenerationRequest, GroupLoad
 from inhouse.engine.batch import RunningBatch
 from inhouse.engine.precision import (
     apply_precision,
@@ -53,9 +53,11 @@ class LocalEngine:
         settings: EngineSettings,
         *,
         precision: Precision | None = None,
+        max_share: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self._max_share = max_share
         self.precision = precision or settings.dtype
         self._resolve_dir = resolve_dir
         self._settings = settings
@@ -137,6 +139,7 @@ class LocalEngine:
             max_tokens_in_flight=tokens,
             max_waiting=self._settings.max_waiting_requests,
             max_prefill_tokens_per_step=self._settings.max_prefill_tokens_per_step,
+            max_share=self._max_share,
         )
 
     @property
@@ -146,6 +149,16 @@ class LocalEngine:
     @property
     def scheduler(self) -> Scheduler | None:
         return self._scheduler
+
+    def load_by_group(self) -> dict[str, GroupLoad]:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return {}
+        running, waiting = scheduler.running_by_group(), scheduler.waiting_by_group()
+        return {
+            group: GroupLoad(running.get(group, 0), waiting.get(group, 0))
+            for group in running.keys() | waiting.keys()
+        }
 
     async def wait_ready(self) -> None:
         self.start()
@@ -179,7 +192,10 @@ class LocalEngine:
         assert self._scheduler is not None
         seq_id = self._next_seq_id
         self._next_seq_id += 1
-        spec = SequenceSpec(seq_id, len(prompt_ids), max_tokens, priority)
+        share = request.share
+        spec = SequenceSpec(
+            seq_id, len(prompt_ids), max_tokens, priority, group=share.group, weight=share.weight
+        )
         self._scheduler.add(spec, self._clock())  # raises before anything is registered
         sequence = SequenceState(
             seq_id, prompt_ids, max_tokens, request.params, self._eos_ids, self._decode_ids
@@ -264,8 +280,8 @@ class LocalEngine:
                 finished.add(seq_id)
 
         with torch.inference_mode():
-            if plan.drop:
-                batch.remove(set(plan.drop))
+            if plan.drop or plan.preempt:
+                batch.remove({*plan.drop, *plan.preempt})
             if len(batch):
                 logits = batch.decode()
                 greedy = logits.argmax(dim=-1).tolist()
@@ -274,7 +290,7 @@ class LocalEngine:
                     token = greedy[row] if sequence.greedy else sequence.sample(logits[row])
                     accept(seq_id, token)
             if plan.prefill:
-                prompts = [(seq_id, self._sequences[seq_id].prompt_ids) for seq_id in plan.prefill]
+                prompts = [(seq_id, self._sequences[seq_id].prefill_ids) for seq_id in plan.prefill]
                 last_logits = batch.prefill(prompts)
                 for seq_id in plan.prefill:
                     accept(seq_id, self._sequences[seq_id].sample(last_logits[seq_id]))

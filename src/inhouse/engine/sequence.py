@@ -37,6 +37,7 @@ class SequenceState:
         self._generator = make_generator(params)
         self._text = StopStringStream(decode, params.stop)
         self._generated = 0
+        self._output_ids: list[int] = []
         self._queue: asyncio.Queue[GenerationChunk | InhouseError] = asyncio.Queue()
 
     # -- in the model's thread -----------------------------------------------------------
@@ -46,6 +47,7 @@ class SequenceState:
     def accept(self, token: int) -> GenerationChunk:
         """Take the next token; the chunk carries new text and, at the end, why it ended."""
         self._generated += 1
+        self._output_ids.append(token)
         if token in self._eos_ids:
             return self._chunk(self._text.finish(), FinishReason.STOP)
         delta = self._text.add(token)
@@ -54,6 +56,11 @@ class SequenceState:
         if self._generated >= self.max_tokens:
             return self._chunk(delta.text + self._text.finish(), FinishReason.LENGTH)
         return self._chunk(delta.text, None)
+
+    @property
+    def prefill_ids(self) -> list[int]:
+        """What a prefill runs: the prompt, and after a preemption the output so far."""
+        return self.prompt_ids + self._output_ids if self._output_ids else self.prompt_ids
 
     def _chunk(self, text: str, finish: FinishReason | None) -> GenerationChunk:
         usage = TokenUsage(prompt_tokens=len(self.prompt_ids), completion_tokens=self._generated)

@@ -20,16 +20,15 @@ The answer carries ``X-Inhouse-Node`` (the node's name), ``X-Inhouse-Tier`` and
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 
 import aiohttp
 
 from inhouse.config import Settings
+from inhouse.engine.base import Share
 from inhouse.engine.client import (
     Answer,
     AnswerStream,
@@ -46,7 +45,7 @@ from inhouse.errors import (
     UpstreamError,
     UpstreamRejectedError,
 )
-from inhouse.fleet.dispatch_queue import DispatchQueue, QueueTicket
+from inhouse.fleet.dispatcher import Dispatcher
 from inhouse.fleet.health import FleetMonitor
 from inhouse.fleet.nodes import NodeSpec
 from inhouse.fleet.router import (
@@ -56,16 +55,13 @@ from inhouse.fleet.router import (
     RoutingPolicy,
     route,
 )
-from inhouse.fleet.scheduler import Placement, estimate_kv_bytes, schedule
+from inhouse.fleet.scheduler import Placement, estimate_kv_bytes
 from inhouse.monitor.metrics import GatewayMetrics, NodeGauge
 from inhouse.protocol.hints import RouteHints
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest, TextPart
 from inhouse.protocol.replies import Chunk
-from inhouse.protocol.types import Priority, Tier
+from inhouse.protocol.types import Priority
 from inhouse.registry.models import host_label
-
-_RECHECK_SECONDS = 0.25
-"""A queued request looks again this often even unwoken: loads change with each poll."""
 
 
 def _keyword(word: str) -> re.Pattern[str]:
@@ -116,86 +112,12 @@ def profile_of(request: GenerationCall, *, priority: Priority, hints: RouteHints
     )
 
 
-class _Dispatcher:
-    """Per model, the requests waiting for a node with room, in priority order."""
-
-    def __init__(self, monitor: FleetMonitor, settings: Settings, clock: Callable[[], float]):
-        self._monitor = monitor
-        self._settings = settings.fleet
-        self._clock = clock
-        self._queues: dict[str, DispatchQueue[asyncio.Event]] = {}
-
-    async def place(
-        self,
-        *,
-        model: str,
-        tier: Tier,
-        priority: Priority,
-        tenant_id: str | None,
-        needed_bytes: int,
-        exclude: frozenset[str],
-    ) -> Placement:
-        """A node for the request, its ``begin`` already counted; waits while all are full.
-
-        A request tries at once; refused as full, it waits in the model's queue and tries
-        again whenever a node of that model frees a slot (waiters are woken in priority
-        order, so a high-priority request gets the first go) or every quarter second.
-        Waiting requests never block one that another node (its tenant's own, one with
-        more memory) can take now.
-        """
-        queue = self._queues.setdefault(model, DispatchQueue(self._settings.max_queued_requests))
-        deadline = self._clock() + self._settings.queue_timeout_seconds
-        ticket: QueueTicket | None = None
-        wake = asyncio.Event()
-        try:
-            while True:
-                decision = schedule(
-                    self._monitor.snapshots(),
-                    model=model,
-                    tier=tier,
-                    priority=priority,
-                    tenant_id=tenant_id,
-                    needed_bytes=needed_bytes,
-                    exclude=exclude,
-                )
-                if isinstance(decision, Placement):
-                    self._monitor.begin(decision.node_id)
-                    return decision
-                if not decision.retryable:
-                    raise EngineUnavailableError(
-                        f"no node can serve the model '{model}' now ({decision.reason})"
-                    )
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    raise RateLimitError(
-                        f"every node serving '{model}' stayed busy for "
-                        f"{self._settings.queue_timeout_seconds:g} s",
-                        retry_after_seconds=self._settings.queue_timeout_seconds,
-                        code="fleet_busy",
-                    )
-                if ticket is None:
-                    ticket = queue.push(wake, priority, now=self._clock())
-                wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), min(remaining, _RECHECK_SECONDS))
-        finally:
-            if ticket is not None:
-                queue.remove(ticket)
-
-    def released(self, models: Iterable[str]) -> None:
-        """A node serving ``models`` has a free slot: their waiters try again, high first."""
-        for model in models:
-            queue = self._queues.get(model)
-            if queue is not None:
-                for waiter in queue.waiting():
-                    waiter.item.set()
-
-
 class _NodeUse:
     """One request on one node: ``begin`` was counted; ``done`` ends it exactly once."""
 
-    def __init__(self, fleet: FleetClient, spec: NodeSpec) -> None:
+    def __init__(self, fleet: FleetClient, spec: NodeSpec, model: str, share: Share) -> None:
         self._fleet, self.spec = fleet, spec
+        self._model, self._share = model, share
         self._done = False
 
     def done(self, *, ok: bool) -> None:
@@ -203,6 +125,7 @@ class _NodeUse:
             return
         self._done = True
         self._fleet.monitor.end(self.spec.id, ok=ok)
+        self._fleet.dispatcher.finished(self._model, self._share)
         self._fleet.dispatcher.released(self.spec.models)
 
 
@@ -218,7 +141,7 @@ class FleetClient:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.monitor = monitor
-        self.dispatcher = _Dispatcher(monitor, settings, clock)
+        self.dispatcher = Dispatcher(monitor, settings, clock)
         self._session = session
         self._settings = settings
         self._metrics = metrics
@@ -283,12 +206,13 @@ class FleetClient:
                     tenant_id=caller.tenant_id,
                     needed_bytes=needed,
                     exclude=frozenset(tried),
+                    share=caller.share,
                 )
             except EngineUnavailableError:
                 if failure is not None:
                     break  # every node that could serve it has failed this request
                 raise
-            use = _NodeUse(self, self.monitor.spec(placement.node_id))
+            use = _NodeUse(self, self.monitor.spec(placement.node_id), model, caller.share)
             try:
                 answer = await self._send(use, request, decision, placement)
             except (UpstreamError, RateLimitError, UpstreamRejectedError) as exc:

@@ -28,6 +28,7 @@ from inhouse.engine.local_client import LocalEngineClient
 from inhouse.engine.remote import UpstreamClient, create_session
 from inhouse.engine.upstream_client import UpstreamEngineClient
 from inhouse.errors import NotFoundError
+from inhouse.monitor.metrics import EngineGauge
 from inhouse.protocol.openai import ModelCard, ModelList
 from inhouse.registry.builtin import ensure_builtin_model
 from inhouse.registry.models import ModelEntry, ModelKind, ModelRegistry
@@ -189,7 +190,21 @@ class EnginePool:
         return engine
 
     def _new_transformers_engine(self, entry: ModelEntry) -> TextGenerator:
-        return LocalEngine(entry.name, self._directory_resolver(entry), self._settings.engine)
+        return LocalEngine(
+            entry.name,
+            self._directory_resolver(entry),
+            self._settings.engine,
+            max_share=self._settings.tenancy.max_share,
+        )
+
+    def engine_gauges(self) -> list[EngineGauge]:
+        """Each local engine's running and waiting requests per tenant (its share group)."""
+        names = {entry.id: entry.name for entry in self._entries.values()}
+        return [
+            EngineGauge(names.get(entry_id, entry_id), group, load.running, load.waiting)
+            for entry_id, engine in self._local.items()
+            for group, load in engine.load_by_group().items()
+        ]
 
     def _upstream(self, entry: ModelEntry) -> UpstreamClient:
         assert self._session is not None and entry.url is not None

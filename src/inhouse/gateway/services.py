@@ -92,6 +92,7 @@ def build_services(settings: Settings) -> Services:
         audit=control.audit if settings.audit.inference_events else None,
     )
     metrics = GatewayMetrics()
+    metrics.watch_engines(engines.engine_gauges)
     limits = LimitsCache(control.quotas, ttl_seconds=settings.gateway.quota_cache_seconds)
     admission = Admission(limits, build_limiter(settings), settings)
     fleet = FleetMonitor(control.nodes, settings.fleet, gateway=settings.gateway)

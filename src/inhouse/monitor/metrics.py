@@ -57,6 +57,40 @@ class _FleetCollector(Collector):
         yield from (available, in_flight, running, waiting)
 
 
+@dataclass(frozen=True, slots=True)
+class EngineGauge:
+    """One tenant's load on one local engine."""
+
+    model: str
+    tenant: str
+    running: int
+    waiting: int
+
+
+class _EngineCollector(Collector):
+    """Reads the local engines' slots per tenant when scraped."""
+
+    def __init__(self, read: Callable[[], Iterable[EngineGauge]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "tenant"]
+        running = GaugeMetricFamily(
+            "inhouse_engine_running",
+            "Sequences a local engine runs now, per tenant (fair share of its slots).",
+            labels=labels,
+        )
+        waiting = GaugeMetricFamily(
+            "inhouse_engine_waiting",
+            "Requests waiting for a local engine's slot, per tenant.",
+            labels=labels,
+        )
+        for gauge in self._read():
+            running.add_metric([gauge.model, gauge.tenant], gauge.running)
+            waiting.add_metric([gauge.model, gauge.tenant], gauge.waiting)
+        yield from (running, waiting)
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -102,6 +136,10 @@ class GatewayMetrics:
             ["node", "tier", "rule", "outcome"],
             registry=self.registry,
         )
+
+    def watch_engines(self, read: Callable[[], Iterable[EngineGauge]]) -> None:
+        """Export the local engines' running and waiting requests per tenant at each scrape."""
+        self.registry.register(_EngineCollector(read))
 
     def watch_fleet(self, read: Callable[[], Iterable[NodeGauge]]) -> None:
         """Export the fleet's nodes (availability, load) from ``read`` at each scrape."""

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from inhouse.config import Settings
+from inhouse.engine.base import Share
 from inhouse.errors import EngineUnavailableError, InvalidRequestError, RateLimitError
-from inhouse.fleet.client import _Dispatcher, estimate_tokens, profile_of
+from inhouse.fleet.client import estimate_tokens, profile_of
+from inhouse.fleet.dispatcher import Dispatcher
 from inhouse.fleet.nodes import NodeKind, NodeLoad, NodeSnapshot, NodeSpec
 from inhouse.protocol.hints import RouteHints, parse_priority_hint, parse_tier_hint
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -81,12 +83,12 @@ def node(node_id: str, capacity: int) -> NodeSpec:
                     {"m": "m"}, capacity=capacity)  # fmt: skip
 
 
-def dispatcher(monitor: FakeMonitor, **fleet: Any) -> _Dispatcher:
+def dispatcher(monitor: FakeMonitor, **fleet: Any) -> Dispatcher:
     settings = Settings.model_validate({"fleet": fleet})
-    return _Dispatcher(monitor, settings, asyncio.get_running_loop().time)  # type: ignore[arg-type]
+    return Dispatcher(monitor, settings, asyncio.get_running_loop().time)  # type: ignore[arg-type]
 
 
-async def place(d: _Dispatcher, priority: Priority, model: str = "m") -> str:
+async def place(d: Dispatcher, priority: Priority, model: str = "m") -> str:
     placement = await d.place(model=model, tier=Tier.EDGE, priority=priority, tenant_id="t",
                               needed_bytes=0, exclude=frozenset())  # fmt: skip
     return placement.node_id
@@ -174,3 +176,39 @@ async def _test_waiting_ends_with_429_and_no_node_is_503() -> None:
     assert busy.value.code == "fleet_busy"
     with pytest.raises(EngineUnavailableError, match="no_node_serves_model"):
         await place(d, Priority.NORMAL, model="other")
+
+
+def test_a_tenant_holds_at_most_its_share_of_node_slots_while_others_wait() -> None:
+    asyncio.run(_test_a_tenant_holds_at_most_its_share_of_node_slots_while_others_wait())
+
+
+async def _test_a_tenant_holds_at_most_its_share_of_node_slots_while_others_wait() -> None:
+    monitor = FakeMonitor(node("a", capacity=5), node("b", capacity=5))
+    d = dispatcher(monitor)  # the default share: 30% of 10 slots is 3
+
+    async def ask(tenant: str) -> None:
+        await d.place(
+            model="m", tier=Tier.EDGE, priority=Priority.NORMAL, tenant_id=None,
+            needed_bytes=0, exclude=frozenset(), share=Share(tenant),
+        )  # fmt: skip
+
+    async def x_finishes_one() -> dict[str, int]:
+        monitor.end("a" if monitor.in_flight["a"] else "b")
+        d.finished("m", Share("x"))
+        d.released(["m"])
+        await asyncio.sleep(0.01)
+        return d.held("m")
+
+    for _ in range(10):  # x alone takes every slot: nobody else waits
+        await ask("x")
+    assert d.held("m") == {"x": 10}
+    waiting = [asyncio.create_task(ask(tenant)) for tenant in ("y", "y", "y", "y", "x")]
+    await asyncio.sleep(0.01)
+    # each slot x frees goes to y (fewer slots held) until y holds its share
+    assert [await x_finishes_one() for _ in range(3)][-1] == {"x": 7, "y": 3}
+    # then neither takes more while the other waits: x is above its share, y at it
+    assert [await x_finishes_one() for _ in range(4)][-1] == {"x": 3, "y": 3}
+    assert sum(task.done() for task in waiting) == 3
+    # x below its share: its waiting request runs, and then y, alone in the line, too
+    assert await x_finishes_one() == {"x": 3, "y": 4}
+    assert all(task.done() for task in waiting)
