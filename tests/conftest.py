@@ -1,5 +1,9 @@
 """Fixtures shared by all tests: settings on a temporary data directory, and the
-database backends (SQLite always, PostgreSQL when it is reachable)."""
+database backends (SQLite always, PostgreSQL when it is reachable).
+
+A test that needs PostgreSQL or Redis skips, with the reason, when the service is not
+reachable on a developer's machine; in CI (``CI=true``) it fails instead, so that a
+missing service can never turn a run green by skipping what it was meant to check."""
 
 from __future__ import annotations
 
@@ -17,6 +21,14 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "INHOUSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("INHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(reason: str) -> None:
+    """Skip the test, or fail it in CI: a service CI promises must be there."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: the service must run; this test does not skip)")
+    pytest.skip(reason)
 
 
 def shared_models_dir() -> Path:
@@ -44,7 +56,7 @@ def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     reason = _postgres_unavailable_reason()
     if reason is not None:
-        pytest.skip(reason)
+        service_missing(reason)
     import psycopg
 
     name = f"inhouse_test_{uuid.uuid4().hex[:12]}"
@@ -82,5 +94,5 @@ def redis_url() -> str:
     """The Redis the quota tests share; each test uses its own tenant and key ids."""
     reason = redis_unavailable_reason()
     if reason is not None:
-        pytest.skip(reason)
+        service_missing(reason)
     return REDIS_URL

@@ -38,7 +38,7 @@ from inhouse.tenancy.permissions import (
     scope_tenant,
     sees_all_tenants,
 )
-from inhouse.tenancy.quotas import Quota, parse_changes
+from inhouse.tenancy.quotas import parse_changes
 from inhouse.tenancy.usage_report import Grouping, UsageQuery, as_rows, to_csv, usage_report
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -94,12 +94,6 @@ def create_key(
     info, plaintext = services.control.tenants.create_key(
         tenant, body.role, body.name, created_by=principal.key_id
     )
-    if info.tenant_id == principal.tenant_id:
-        # A key made with a limited key carries the same limits: no way around a key quota.
-        quotas = services.control.quotas
-        own = quotas.get(tenant, principal.key_id)
-        if own != Quota():
-            quotas.update(tenant, own.as_dict(), key_id=info.id)
     services.control.record(
         principal.key_id, "key.create", tenant_id=info.tenant_id, target=info.id, role=info.role
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from inhouse.config import QuotaFailureMode, Settings
 from inhouse.fleet.client import FleetClient
@@ -27,6 +29,7 @@ from inhouse.tenancy.metering import UsageRecorder
 from inhouse.tenancy.quotas import LimitsCache
 from inhouse.tenancy.redis_limiter import RedisLimiter
 from inhouse.tenancy.usage_journal import UsageJournal
+from inhouse.tenancy.window_usage import used_in_windows
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,12 @@ class Services:
 
     async def start(self) -> None:
         self.recorder.start()
+        limiter = self.admission.limiter
+        if limiter.forgets_on_restart:
+            # Usage a killed process left in the journal is written first, so it counts.
+            await self.recorder.flush()
+            used = await asyncio.to_thread(used_in_windows, self.control.db, datetime.now(UTC))
+            limiter.seed(used)
         await self.engines.start()
         await self.fleet.start()
         for job in self.housekeeping:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -53,9 +53,15 @@ class Subject:
 
 
 def subjects_of(principal: Principal, limits: Limits) -> tuple[Subject, ...]:
+    """Whose counters a request counts against: its tenant, its key, and each key its key
+    was made with (so that minting keys never multiplies a key's limits)."""
     candidates = (
         Subject(f"t:{principal.tenant_id}", f"tenant '{principal.tenant_name}'", limits.tenant),
         Subject(f"k:{principal.key_id}", f"key {principal.key_id}", limits.key),
+        *(
+            Subject(f"k:{maker}", f"key {maker} (which made this key)", quota)
+            for maker, quota in limits.makers
+        ),
     )
     return tuple(s for s in candidates if any(s.limit(n) is not None for n in LIMIT_NAMES))
 
@@ -180,6 +186,15 @@ class Limiter(Protocol):
         """Whether an unreachable counter store refuses requests (else admits them)."""
         ...
 
+    @property
+    def forgets_on_restart(self) -> bool:
+        """Whether the counters live in this process (and must be seeded at start-up)."""
+        ...
+
+    def seed(self, used: Mapping[str, Mapping[str, int]]) -> None:
+        """Count what was used in the current windows before this process started."""
+        ...
+
     async def reachable(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -240,6 +255,13 @@ class LocalLimiter:
                 self._add(subject.id, name, window, actual_tokens - ticket.estimate)
 
     fails_closed = False
+    forgets_on_restart = True
+
+    def seed(self, used: Mapping[str, Mapping[str, int]]) -> None:
+        windows, _ = self._windows.now()
+        for subject, counters in used.items():
+            for name, amount in counters.items():
+                self._add(subject, name, windows.window_of(name), amount)
 
     async def reachable(self) -> bool:
         return True

@@ -53,6 +53,8 @@ class Principal:
     """Set for a person's login session (password + TOTP); None for an API key."""
     expires_at: datetime | None = None
     """When a login session ends."""
+    makers: tuple[str, ...] = ()
+    """The keys this key was made with, nearest first: their quotas are budgets it shares."""
 
     @property
     def logged_in_with_mfa(self) -> bool:

@@ -68,22 +68,29 @@ NO_QUOTA = Quota()
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What applies to one caller: its tenant's quota and its key's, both enforced."""
+    """What applies to one caller: its tenant's quota, its key's, and the quotas of the
+    keys its key was made with (budgets it shares with them), all enforced."""
 
     tenant: Quota
     key: Quota
+    makers: tuple[tuple[str, Quota], ...] = ()
+    """(key id, quota) of each maker key that has a quota, nearest first."""
 
     @property
     def priority(self) -> PriorityClass:
         return self.key.priority or self.tenant.priority or PriorityClass.NORMAL
 
     @property
+    def quotas(self) -> tuple[Quota, ...]:
+        return (self.tenant, self.key, *(quota for _, quota in self.makers))
+
+    @property
     def limits_tokens(self) -> bool:
-        return self.tenant.limits_tokens or self.key.limits_tokens
+        return any(quota.limits_tokens for quota in self.quotas)
 
     @property
     def smallest_token_limit(self) -> int | None:
-        return min([*self.tenant.token_limits(), *self.key.token_limits()], default=None)
+        return min((limit for q in self.quotas for limit in q.token_limits()), default=None)
 
 
 _INT32, _INT64 = 2**31 - 1, 2**63 - 1
@@ -217,15 +224,20 @@ class QuotaService:
             row.updated_at = utcnow()
         return quota
 
-    def limits(self, tenant_id: str, key_id: str) -> Limits:
+    def limits(self, tenant_id: str, key_id: str, makers: tuple[str, ...] = ()) -> Limits:
         with self._db.session() as session:
             rows = session.scalars(
                 select(QuotaRow).where(
-                    QuotaRow.tenant_id == tenant_id, QuotaRow.key_id.in_(("", key_id))
+                    QuotaRow.tenant_id == tenant_id,
+                    QuotaRow.key_id.in_(("", key_id, *makers)),
                 )
             ).all()
             by_key = {row.key_id: row for row in rows}
-            return Limits(tenant=_quota(by_key.get("")), key=_quota(by_key.get(key_id)))
+            return Limits(
+                tenant=_quota(by_key.get("")),
+                key=_quota(by_key.get(key_id)),
+                makers=tuple((m, _quota(by_key[m])) for m in makers if m in by_key),
+            )
 
 
 class LimitsCache:
@@ -248,7 +260,9 @@ class LimitsCache:
         now = self._clock()
         if cached is not None and cached[1] > now:
             return cached[0]
-        limits = await asyncio.to_thread(self._quotas.limits, principal.tenant_id, principal.key_id)
+        limits = await asyncio.to_thread(
+            self._quotas.limits, principal.tenant_id, principal.key_id, principal.makers
+        )
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[principal.key_id] = (limits, now + self._ttl)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError
@@ -267,6 +267,12 @@ class RedisLimiter:
                 delta = actual_tokens - ticket.estimate
                 pipe.evalsha(self._settle.sha, len(keys), *keys, ticket.id, delta)
             await pipe.execute()
+
+    forgets_on_restart = False
+    """Redis keeps the counters while gateways restart."""
+
+    def seed(self, used: Mapping[str, Mapping[str, int]]) -> None:
+        return None
 
     @property
     def fails_closed(self) -> bool:

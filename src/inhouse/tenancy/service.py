@@ -170,6 +170,7 @@ class TenantService:
                 key_id=row.id,
                 role=Role(row.role),
                 platform=is_platform,
+                makers=_makers(session, row.created_by),
             )
 
     def bootstrap_platform(self, admin_key_file: Path) -> Path | None:
@@ -209,3 +210,15 @@ def _revoke_made_by(session: Session, creators: list[str], now: datetime) -> int
         creators = [child.id for child in children if child.id not in seen]
         seen.update(creators)
     return revoked
+
+
+def _makers(session: Session, created_by: str | None) -> tuple[str, ...]:
+    """The chain of keys a key was made with (a person or the CLI ends it)."""
+    makers: list[str] = []
+    while created_by is not None and created_by not in makers:
+        maker = session.get(ApiKeyRow, created_by)
+        if maker is None:
+            break
+        makers.append(maker.id)
+        created_by = maker.created_by
+    return tuple(makers)

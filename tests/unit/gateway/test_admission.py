@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from inhouse.config import Settings
+from inhouse.errors import InvalidRequestError
 from inhouse.gateway.admission import (
     MEDIA_PART_ALLOWANCE,
     TEMPLATE_ALLOWANCE,
     Admission,
     Admitted,
+    bound_length_fields,
     estimate_tokens,
 )
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -133,3 +135,20 @@ def test_the_injected_max_tokens_fits_the_smallest_token_quota(tmp_path: Path) -
     assert admitted.request.max_tokens is not None
     assert admitted.request.max_tokens < 1000
     assert admitted.ticket is not None and admitted.ticket.estimate <= 1000
+
+
+def test_engine_length_fields_are_clamped_to_max_tokens() -> None:
+    request = chat(
+        max_tokens=16,
+        n_predict=4096,
+        max_new_tokens=-1,
+        min_tokens=8,
+        options={"num_predict": 10_000, "temperature": 0},
+    )
+    bounded = bound_length_fields(request)
+    extra = bounded.model_extra or {}
+    assert (extra["n_predict"], extra["max_new_tokens"], extra["min_tokens"]) == (16, 16, 8)
+    assert extra["options"] == {"num_predict": 16, "temperature": 0}
+    assert bound_length_fields(chat(n_predict=4096)).model_extra == {"n_predict": 4096}
+    with pytest.raises(InvalidRequestError, match="n_predict"):
+        bound_length_fields(chat(max_tokens=4, n_predict=2.5))
