@@ -31,6 +31,12 @@ Run it with the project's virtual environment (``make bench-gateway`` does the f
     .venv/bin/python bench/gateway.py --targets direct,inhouse --concurrency 1,64 --json out.json
     .venv/bin/python bench/gateway.py --targets direct,inhouse,quotas,redis   # cost of quotas
     .venv/bin/python bench/gateway.py --targets direct,inhouse,noaudit,aes    # cost of the audit
+    .venv/bin/python bench/gateway.py --targets direct,baseline,inhouse --baseline HEAD~3
+                                                # this checkout against an earlier commit
+
+``baseline`` is ``inhouse`` run from another commit (``--baseline REF``, checked out as a
+temporary git worktree, on the same virtual environment): the ``inhouse`` rows then show
+their throughput as a multiple of the baseline's and the p50 they add over it.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from _gateway.procs import Children, supervised, tail
 HERE = Path(__file__).resolve().parent
 UPSTREAM = HERE / "_gateway" / "upstream.py"
 LOADGEN = HERE / "_gateway" / "loadgen.py"
-ALL_TARGETS = ("direct", "inhouse", "litellm", "quotas", "redis", "noaudit", "aes")
+ALL_TARGETS = ("direct", "baseline", "inhouse", "litellm", "quotas", "redis", "noaudit", "aes")
 SETTINGS_TARGETS = {
     "noaudit": {"INHOUSE_AUDIT__INFERENCE_EVENTS": "false"},
     "aes": {"INHOUSE_CRYPTO__ALGORITHM": "aes-256-gcm"},
@@ -79,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--redis-url", default="redis://127.0.0.1:6379/0", help="Redis of the 'redis' target"
     )
+    parser.add_argument(
+        "--baseline", metavar="REF", help="git commit the 'baseline' target runs (e.g. HEAD~3)"
+    )
     parser.add_argument("--concurrency", default="1,16,64", help="comma list (default %(default)s)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--quick", action="store_true", help="1.5 s cells (overrides --seconds)")
@@ -88,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.targets) - set(ALL_TARGETS))
     if unknown or not args.targets:
         parser.error(f"--targets: unknown {unknown}; choose from {','.join(ALL_TARGETS)}")
+    if ("baseline" in args.targets) != (args.baseline is not None):
+        parser.error("the baseline target and --baseline REF go together")
     try:
         args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
@@ -149,10 +160,15 @@ def bench_target(
 
 
 def start_target(
-    name: str, upstream: str, children: Children, workdir: Path, redis_url: str
+    name: str, upstream: str, children: Children, workdir: Path, args: argparse.Namespace
 ) -> tg.Target:
+    redis_url = args.redis_url
     if name == "direct":
         target = tg.direct(upstream)
+    elif name == "baseline":
+        source = tg.checkout(args.baseline, workdir)
+        args.cleanup.append(lambda: tg.remove_checkout(source))
+        target = tg.start_inhouse(upstream, workdir, children, name=name, source=source)
     elif name == "inhouse":
         target = tg.start_inhouse(upstream, workdir, children)
     elif name == "quotas":
@@ -181,7 +197,7 @@ def run_all(
     for name in args.targets:
         print(f"[{name}] starting ...", flush=True)
         try:
-            target = start_target(name, upstream, children, workdir, args.redis_url)
+            target = start_target(name, upstream, children, workdir, args)
         except tg.TargetError as exc:
             skipped[name] = str(exc)
             print(f"[{name}] SKIPPED: {exc}", flush=True)
@@ -226,6 +242,10 @@ def add_comparisons(rows: list[Row]) -> None:
         plain = cells.get(("inhouse", *key))
         if row["target"] in ("quotas", "redis", *SETTINGS_TARGETS) and plain and plain.get("rps"):
             row["vs_inhouse_rps"] = round(row["rps"] / plain["rps"], 3)
+        before = cells.get(("baseline", *key))
+        if row["target"] == "inhouse" and before and before.get("rps") and row.get("p50_ms"):
+            row["vs_baseline_rps"] = round(row["rps"] / before["rps"], 3)
+            row["p50_over_baseline_ms"] = round(row["p50_ms"] - before["p50_ms"], 3)
 
 
 def summary_lines(rows: list[Row], args: argparse.Namespace) -> list[str]:
@@ -237,6 +257,13 @@ def summary_lines(rows: list[Row], args: argparse.Namespace) -> list[str]:
         f"inhouse added p50 at c=1 (json): {_fmt(added, 2)} ms",
         f"inhouse/litellm throughput at c={c_hi} (json): {_fmt(ratio, 2)}{TIMES}",
     ]
+    versus = cells.get(("inhouse", "json", c_hi), {}).get("vs_baseline_rps")
+    if versus is not None:
+        over = cells.get(("inhouse", "json", 1), {}).get("p50_over_baseline_ms")
+        lines.append(
+            f"inhouse/baseline ({args.baseline}): throughput at c={c_hi} (json) "
+            f"{_fmt(versus, 3)}{TIMES}; p50 at c=1 (json) {_fmt(over, 3)} ms over the baseline"
+        )
     plain = cells.get(("inhouse", "json", 1), {}).get("p50_ms")
     for name in ("quotas", "redis", *SETTINGS_TARGETS):
         p50 = cells.get((name, "json", 1), {}).get("p50_ms")
@@ -255,7 +282,7 @@ COLUMNS = (
 
 
 def table_cells(row: Row) -> list[str]:
-    ratio = row.get("inhouse_vs_litellm_rps", row.get("vs_inhouse_rps"))
+    ratio = row.get("vs_baseline_rps", row.get("inhouse_vs_litellm_rps", row.get("vs_inhouse_rps")))
     return [
         row["target"],
         row["mode"],
@@ -319,18 +346,22 @@ def write_json(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.cleanup = []
     try:
         with supervised("inhouse-bench-") as (children, scratch):
             rows, skipped = run_all(args, children, scratch)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        for cleanup in args.cleanup:
+            cleanup()
     add_comparisons(rows)
     title = f"gateway benchmark: {args.seconds:g} s per cell, warm-up {args.warmup:g} s"
     print()
     print_table(rows, skipped, title)
     print(
-        f"ratio: inhouse rows, req/s {TIMES} LiteLLM's; "
+        f"ratio: inhouse rows, req/s {TIMES} the baseline's when there is one, else LiteLLM's; "
         f"quotas, redis, noaudit and aes rows, {TIMES} inhouse's"
     )
     for name, why in skipped.items():

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from inhouse.fleet.nodes import NodeKind, NodeSpec, Tier
+from inhouse.fleet.nodes import NodeKind, NodeSpec
 from inhouse.fleet.scheduler import kv_bytes_per_token
+from inhouse.protocol.types import Tier
 
 MODEL = "assistant"
 """The one model name callers use; every node serves it (a 70B at the center, an 8B at the

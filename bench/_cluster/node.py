@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from _cluster.fleet import NodeType
 from _cluster.workload import Request
-from inhouse.fleet.nodes import NodeLoad, NodeSnapshot, NodeSpec, Tier
+from inhouse.fleet.nodes import NodeLoad, NodeSnapshot, NodeSpec
+from inhouse.protocol.types import Tier
 
 _EPS = 1e-7
 

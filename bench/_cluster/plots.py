@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from _cluster.policies import Policy
 from _cluster.report import Summary
 from _cluster.tables import find, loads_of
-from inhouse.engine.base import Priority
+from inhouse.protocol.types import Priority
 
 STYLE = {
     Policy.OURS: ("tab:blue", "o"),

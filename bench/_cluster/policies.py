@@ -22,8 +22,8 @@ from _cluster.fleet import MODEL
 from _cluster.node import Job, SimNode
 from inhouse.errors import RateLimitError
 from inhouse.fleet.dispatch_queue import DispatchQueue
-from inhouse.fleet.nodes import Tier
 from inhouse.fleet.scheduler import Placement, PriorityReserve, Refusal, schedule
+from inhouse.protocol.types import Tier
 
 
 class Policy(StrEnum):

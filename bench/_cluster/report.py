@@ -11,8 +11,7 @@ from _cluster.fleet import GATEWAY_OVERHEAD_S
 from _cluster.node import Job, SimNode
 from _cluster.policies import Policy
 from _cluster.sim import Run
-from inhouse.engine.base import Priority
-from inhouse.fleet.nodes import Tier
+from inhouse.protocol.types import Priority, Tier
 
 ARTICLE_LATENCY_CUT = 0.67
 ARTICLE_COMPUTE_CUT = 0.35

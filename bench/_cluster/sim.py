@@ -12,9 +12,9 @@ from _cluster.fleet import MODEL, FleetProfile
 from _cluster.node import Job, SimNode, Window
 from _cluster.policies import Policy, dispatcher
 from _cluster.workload import Request
-from inhouse.fleet.nodes import Tier
 from inhouse.fleet.router import RequestProfile, RoutingPolicy, route
 from inhouse.fleet.scheduler import PriorityReserve, estimate_kv_bytes
+from inhouse.protocol.types import Tier
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from inhouse.engine.base import Priority
+from inhouse.protocol.types import Priority
 
 
 class Kind(StrEnum):

@@ -116,10 +116,12 @@ def start_inhouse(
     quotas: bool = False,
     redis_url: str | None = None,
     settings: dict[str, str] | None = None,
+    source: Path | None = None,
 ) -> Target:
     """``inhouse serve`` in front of the upstream; with ``quotas``, every limit is set for
     the bench tenant (counted in-process, or in Redis when ``redis_url`` is given);
-    ``settings`` are extra ``INHOUSE_*`` variables."""
+    ``settings`` are extra ``INHOUSE_*`` variables; ``source``: run the ``inhouse``
+    package of this ``src`` directory (another checkout) instead of the installed one."""
     python = _inhouse_python()
     data_dir = workdir / f"{name}-data"
     data_dir.mkdir()
@@ -130,6 +132,8 @@ def start_inhouse(
         "INHOUSE_BUILTIN_MODEL": "false",
         "INHOUSE_LOG_LEVEL": "warning",
     }
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     if redis_url is not None:
         env["INHOUSE_REDIS_URL"] = redis_url
     env.update(settings or {})
@@ -152,6 +156,22 @@ def start_inhouse(
     if err:
         raise TargetError(f"inhouse serve: {err}\n{tail(log)}")
     return Target(name, base + "/v1", keys[-1], "fake", proc)
+
+
+def checkout(ref: str, workdir: Path) -> Path:
+    """The ``src`` directory of ``ref`` checked out (as a detached git worktree) in
+    ``workdir``; ``remove_checkout`` takes it away again."""
+    where = workdir / "baseline-checkout"
+    cmd = ["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(where), ref]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    if done.returncode != 0:
+        raise TargetError(f"cannot check out {ref!r}: {done.stderr.strip()[-400:]}")
+    return where / "src"
+
+
+def remove_checkout(source: Path) -> None:
+    cmd = ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(source.parent)]
+    subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False)
 
 
 # --- LiteLLM ---------------------------------------------------------------------------------

@@ -65,11 +65,7 @@ def list_tenants(services: ServicesDep, principal: TenantsReader) -> list[Tenant
 def create_tenant(
     body: TenantCreate, services: ServicesDep, principal: TenantsManager
 ) -> TenantOut:
-    tenant = services.control.tenants.create_tenant(body.name)
-    services.control.record(
-        principal.key_id, "tenant.create", tenant_id=tenant.id, target=tenant.name
-    )
-    return TenantOut.of(tenant)
+    return TenantOut.of(services.control.tenants.create_tenant(body.name, actor=principal.key_id))
 
 
 @router.get("/tenants/{tenant}", response_model=TenantOut)
@@ -92,10 +88,7 @@ def create_key(
     scope_tenant(principal, tenant, changes=True)
     authorize_key_role(principal, body.role)
     info, plaintext = services.control.tenants.create_key(
-        tenant, body.role, body.name, created_by=principal.key_id
-    )
-    services.control.record(
-        principal.key_id, "key.create", tenant_id=info.tenant_id, target=info.id, role=info.role
+        tenant, body.role, body.name, actor=principal.key_id, created_by=principal.key_id
     )
     return KeyCreated(**KeyOut.of(info).model_dump(), key=plaintext)
 
@@ -104,9 +97,8 @@ def create_key(
 def revoke_key(tenant: Text, key_id: Text, services: ServicesDep, principal: KeyOwner) -> KeyOut:
     scope_tenant(principal, tenant, changes=True)
     owner = None if manages_all_keys(principal) else principal.key_id
-    info = services.control.tenants.revoke_key(key_id, tenant_name=tenant, owner=owner)
-    services.control.record(
-        principal.key_id, "key.revoke", tenant_id=info.tenant_id, target=info.id
+    info = services.control.tenants.revoke_key(
+        key_id, actor=principal.key_id, tenant_name=tenant, owner=owner
     )
     return KeyOut.of(info)
 
@@ -132,14 +124,7 @@ def update_quotas(
 ) -> QuotaOut:
     scope_tenant(principal, tenant)
     changes = parse_changes(body.model_dump(exclude_unset=True))
-    quota = services.control.quotas.update(tenant, changes, key)
-    services.control.record(
-        principal.key_id,
-        "quota.update",
-        tenant_id=services.control.tenants.get_tenant(tenant).id,
-        target=key or tenant,
-        changes=changes,
-    )
+    quota = services.control.quotas.update(tenant, changes, key, actor=principal.key_id)
     return QuotaOut.of(tenant, key, quota)
 
 

@@ -26,9 +26,8 @@ def create(
 ) -> None:
     """Create a key and print it; it is not shown again."""
     with control_plane() as control:
-        info, plaintext = control.tenants.create_key(tenant, parse_role(role), name)
-        control.record(
-            cli_actor(), "key.create", tenant_id=info.tenant_id, target=info.id, role=info.role
+        info, plaintext = control.tenants.create_key(
+            tenant, parse_role(role), name, actor=cli_actor()
         )
     typer.echo(plaintext)
     error_console.print(
@@ -65,6 +64,5 @@ def list_keys(
 def revoke(key: str = typer.Argument(..., help="key id (key_…) or its shown prefix")) -> None:
     """Revoke a key; running servers refuse it within seconds."""
     with control_plane() as control:
-        info = control.tenants.revoke_key(key)
-        control.record(cli_actor(), "key.revoke", tenant_id=info.tenant_id, target=info.id)
+        info = control.tenants.revoke_key(key, actor=cli_actor())
     console.print(f"revoked key {info.id} of tenant {info.tenant_name}", highlight=False)

@@ -57,7 +57,7 @@ def add(
                 raise fail(
                     "--upstream-model, --api-key-env and --api-key-file apply to remote models only"
                 )
-            entry = control.registry.add_local(name, path, owner=owner)
+            entry = control.registry.add_local(name, path, owner=owner, actor=cli_actor())
         else:
             assert url is not None
             entry = control.registry.add_remote(
@@ -67,10 +67,8 @@ def add(
                 api_key_env=api_key_env,
                 api_key=_read_api_key(api_key_file),
                 owner=owner,
+                actor=cli_actor(),
             )
-        control.record(
-            cli_actor(), "model.add", tenant_id=entry.tenant_id, target=entry.name, kind=entry.kind
-        )
     console.print(f"added {entry.kind.value} model {entry.name}", highlight=False)
 
 
@@ -104,8 +102,7 @@ def list_models(as_json: bool = JSON_OPTION) -> None:
 def remove(name: str) -> None:
     """Remove a model; running servers stop serving it within seconds."""
     with control_plane() as control:
-        entry = control.registry.remove(name)
-        control.record(cli_actor(), "model.remove", tenant_id=entry.tenant_id, target=entry.name)
+        entry = control.registry.remove(name, actor=cli_actor())
     console.print(f"removed model {entry.name}", highlight=False)
 
 

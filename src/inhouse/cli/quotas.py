@@ -75,11 +75,7 @@ def set_quotas(
         if not raw:
             raise fail("nothing to set: give at least one limit (see --help)")
         changes = parse_changes(raw)
-        quota = control.quotas.update(tenant, changes, key)
-        tenant_id = control.tenants.get_tenant(tenant).id
-        control.record(
-            cli_actor(), "quota.update", tenant_id=tenant_id, target=key or tenant, changes=changes
-        )
+        quota = control.quotas.update(tenant, changes, key, actor=cli_actor())
     _print(quota, as_json=False)
 
 

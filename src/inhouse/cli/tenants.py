@@ -11,8 +11,7 @@ app = typer.Typer(help="Tenants: departments or subsidiaries that share the plat
 def create(name: str = typer.Argument(..., help="lowercase letters, digits, '-', '_'")) -> None:
     """Create a tenant."""
     with control_plane() as control:
-        tenant = control.tenants.create_tenant(name)
-        control.record(cli_actor(), "tenant.create", tenant_id=tenant.id, target=tenant.name)
+        tenant = control.tenants.create_tenant(name, actor=cli_actor())
     console.print(f"created tenant {tenant.name} ({tenant.id})", highlight=False)
 
 

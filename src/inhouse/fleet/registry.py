@@ -286,16 +286,19 @@ class NodeRegistry:
             updated_at=now,
             registered_by=actor[:128],
         )
+
+        def add(session: Session) -> tuple[NodeSpec, AuditEvent]:
+            row.tenant_id = _tenant_id(session, tenant)
+            self._refuse_taken(session, row.name, row.url)
+            session.add(row)
+            spec = _spec(row)
+            details = {"kind": spec.kind.value, "tier": spec.tier.value}
+            return spec, _event(actor, "node.add", spec, details)
+
         try:
-            with self._db.session() as session:
-                row.tenant_id = _tenant_id(session, tenant)
-                self._refuse_taken(session, row.name, row.url)
-                session.add(row)
+            return self._audit.audited(add)
         except IntegrityError:  # taken between the check and the insert
             raise ConflictError(f"node {row.name!r} or its URL is already registered") from None
-        spec = _spec(row)
-        self._record(actor, "node.add", spec, kind=spec.kind.value, tier=spec.tier.value)
-        return spec
 
     def list(self) -> list[NodeSpec]:
         """Every node, oldest first."""
@@ -312,14 +315,16 @@ class NodeRegistry:
 
     def remove(self, name: str, *, actor: str) -> NodeSpec:
         """Remove a node (``node.remove``); gateways stop routing to it within a refresh."""
-        with self._db.session() as session:
+
+        def remove(session: Session) -> tuple[NodeSpec, AuditEvent]:
             row = session.scalar(select(NodeRow).where(NodeRow.name == name))
             if row is None:
                 raise NotFoundError(f"node {name!r} does not exist", param="name")
             spec = _spec(row)
             session.delete(row)
-        self._record(actor, "node.remove", spec)
-        return spec
+            return spec, _event(actor, "node.remove", spec, {})
+
+        return self._audit.audited(remove)
 
     def register_self(self, registration: Registration, *, actor: str | None = None) -> NodeSpec:
         """A node registering itself (an ``inhouse node`` with the fleet's token): upsert
@@ -335,46 +340,48 @@ class NodeRegistry:
         capacity = _check_capacity(registration.capacity)
         memory = _check_memory(registration.memory_bytes)
         name = _check_name(registration.name or default_name(url))
+        by = actor or f"node:{name}"
+
+        def register(session: Session) -> tuple[NodeSpec, AuditEvent | None]:
+            row = session.scalar(select(NodeRow).where(NodeRow.url == url))
+            if row is None:
+                self._refuse_taken(session, name, url)
+                now = utcnow()
+                row = NodeRow(
+                    id=new_id("node"),
+                    name=name,
+                    url=url,
+                    tier=tier.value,
+                    kind=NodeKind.INHOUSE.value,
+                    models=models,
+                    capacity=capacity,
+                    memory_bytes=memory,
+                    cost_per_1k_tokens=0.0,
+                    labels="{}",
+                    token_env=NODE_TOKEN_ENV,
+                    fallback=False,
+                    created_at=now,
+                    updated_at=now,
+                    registered_by=by[:128],
+                )
+                session.add(row)
+                changes: dict[str, Any] = {"created": True}
+            else:
+                changes = _changes(row, models, capacity, memory)
+                if changes:
+                    row.models, row.capacity, row.memory_bytes = models, capacity, memory
+                    row.updated_at = utcnow()
+            spec = _spec(row)
+            if not changes:
+                return spec, None  # an unchanged heartbeat writes nothing
+            return spec, _event(actor or f"node:{spec.name}", "node.register", spec, changes)
+
         for _ in range(3):  # two replicas taking the first registration at once: retry
             try:
-                with self._db.session() as session:
-                    row = session.scalar(select(NodeRow).where(NodeRow.url == url))
-                    if row is None:
-                        self._refuse_taken(session, name, url)
-                        now = utcnow()
-                        row = NodeRow(
-                            id=new_id("node"),
-                            name=name,
-                            url=url,
-                            tier=tier.value,
-                            kind=NodeKind.INHOUSE.value,
-                            models=models,
-                            capacity=capacity,
-                            memory_bytes=memory,
-                            cost_per_1k_tokens=0.0,
-                            labels="{}",
-                            token_env=NODE_TOKEN_ENV,
-                            fallback=False,
-                            created_at=now,
-                            updated_at=now,
-                            registered_by=(actor or f"node:{name}")[:128],
-                        )
-                        session.add(row)
-                        changes: dict[str, Any] = {"created": True}
-                    else:
-                        changes = _changes(row, models, capacity, memory)
-                        if changes:
-                            row.models, row.capacity, row.memory_bytes = models, capacity, memory
-                            row.updated_at = utcnow()
-                    spec = _spec(row)
-                break
+                return self._audit.audited(register)
             except IntegrityError:
                 continue
-        else:
-            raise ConflictError(f"node {name!r} is being registered by someone else; retry")
-        if changes:
-            self._record(actor or f"node:{spec.name}", "node.register", spec, **changes)
-        return spec
+        raise ConflictError(f"node {name!r} is being registered by someone else; retry")
 
     def token(self, spec: NodeSpec) -> str | None:
         """The bearer token the gateway sends to ``spec`` (``read_token`` of its variable)."""
@@ -388,9 +395,11 @@ class NodeRegistry:
             raise ConflictError(f"node {name!r} already exists", param="name")
         raise ConflictError(f"{url} is already registered as node {taken.name!r}", param="url")
 
-    def _record(self, actor: str, action: str, spec: NodeSpec, **details: Any) -> None:
-        details.setdefault("url", spec.url)
-        self._audit.record(AuditEvent(actor, action, spec.tenant_id, spec.name, details=details))
+
+def _event(actor: str, action: str, spec: NodeSpec, details: dict[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        actor, action, spec.tenant_id, spec.name, details={"url": spec.url, **details}
+    )
 
 
 def _changes(row: NodeRow, models: str, capacity: int, memory: int | None) -> dict[str, Any]:

@@ -82,46 +82,44 @@ class FlowStore:
                 code="label_requires_tenant_admin",
             )
         document = spec.model_dump_json(exclude_defaults=False)
+        hidden = _hides_ai_label(spec)
+
+        def apply(session: Session) -> tuple[FlowVersion, AuditEvent]:
+            tenant_id = _tenant_id(session, tenant_name)
+            latest = session.scalar(
+                select(func.max(FlowVersionRow.version)).where(
+                    FlowVersionRow.tenant_id == tenant_id, FlowVersionRow.name == spec.name
+                )
+            )
+            version = (latest or 0) + 1
+            now = utcnow()
+            session.add(
+                FlowVersionRow(
+                    tenant_id=tenant_id,
+                    name=spec.name,
+                    version=version,
+                    spec=document,
+                    created_at=now,
+                    created_by=actor,
+                )
+            )
+            session.merge(
+                FlowReleaseRow(tenant_id=tenant_id, name=spec.name, version=version, updated_at=now)
+            )
+            details: dict[str, Any] = {"version": version, "previous": latest or 0}
+            if hidden:
+                details["ai_label_visible"] = False  # the choice the rules ask to be logged
+            event = AuditEvent(
+                actor, "flow.apply", tenant_id, target=f"flow:{spec.name}", details=details
+            )
+            return FlowVersion(tenant_id, spec.name, version, spec, now, actor, True), event
+
         for _ in range(5):  # two applies at once: one gets the next number
             try:
-                with self._db.session() as session:
-                    tenant_id = _tenant_id(session, tenant_name)
-                    latest = session.scalar(
-                        select(func.max(FlowVersionRow.version)).where(
-                            FlowVersionRow.tenant_id == tenant_id,
-                            FlowVersionRow.name == spec.name,
-                        )
-                    )
-                    version = (latest or 0) + 1
-                    now = utcnow()
-                    session.add(
-                        FlowVersionRow(
-                            tenant_id=tenant_id,
-                            name=spec.name,
-                            version=version,
-                            spec=document,
-                            created_at=now,
-                            created_by=actor,
-                        )
-                    )
-                    session.merge(
-                        FlowReleaseRow(
-                            tenant_id=tenant_id, name=spec.name, version=version, updated_at=now
-                        )
-                    )
-                break
+                return self._audit.audited(apply)
             except IntegrityError:
                 continue
-        else:
-            raise ConflictError(f"flow {spec.name!r} is being changed by someone else; retry")
-        details: dict[str, Any] = {"version": version, "previous": latest or 0}
-        if _hides_ai_label(spec):
-            details["ai_label_visible"] = False  # the choice the rules ask to be logged
-        self._audit.record(
-            AuditEvent(actor, "flow.apply", tenant_id, target=f"flow:{spec.name}",
-                       details=details)
-        )  # fmt: skip
-        return FlowVersion(tenant_id, spec.name, version, spec, now, actor, True)
+        raise ConflictError(f"flow {spec.name!r} is being changed by someone else; retry")
 
     def validate(self, data: dict[str, Any], *, lexicon_root: Path | None = None) -> FlowSpec:
         """A spec that would apply: valid, its lexicons placed, and it builds."""
@@ -154,7 +152,8 @@ class FlowStore:
     ) -> FlowVersion:
         """Publish version ``to``, or the one before the published one (hiding the AI
         label again takes what ``apply`` takes)."""
-        with self._db.session() as session:
+
+        def rollback(session: Session) -> tuple[FlowVersion, AuditEvent]:
             tenant_id = _tenant_id(session, tenant_name)
             release = session.get(FlowReleaseRow, (tenant_id, name))
             if release is None:
@@ -180,13 +179,15 @@ class FlowStore:
                 )
             release.version = target
             release.updated_at = utcnow()
-        details: dict[str, Any] = {"version": target, "previous": previous}
-        if hidden:
-            details["ai_label_visible"] = False
-        self._audit.record(
-            AuditEvent(actor, "flow.rollback", tenant_id, target=f"flow:{name}", details=details)
-        )
-        return version
+            details: dict[str, Any] = {"version": target, "previous": previous}
+            if hidden:
+                details["ai_label_visible"] = False
+            event = AuditEvent(
+                actor, "flow.rollback", tenant_id, target=f"flow:{name}", details=details
+            )
+            return version, event
+
+        return self._audit.audited(rollback)
 
     def list(self, tenant_name: str | None = None) -> list[FlowInfo]:
         latest = (

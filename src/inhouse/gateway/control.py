@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from inhouse.config import Settings
 from inhouse.fleet.registry import NodeRegistry
@@ -49,18 +48,6 @@ class Control:
     nodes: NodeRegistry
     admin_key_written: Path | None = None
 
-    def record(
-        self,
-        actor: str,
-        action: str,
-        *,
-        tenant_id: str | None = None,
-        target: str = "",
-        **details: Any,
-    ) -> None:
-        """Append an admin action to the audit chain (metadata only, never secrets)."""
-        self.audit.record(AuditEvent(actor, action, tenant_id, target, details=details))
-
     def prune_audit(self) -> int:
         """Apply the audit retention period now; returns how many entries went."""
         days = self.settings.audit.retention_days
@@ -78,22 +65,22 @@ def open_control(settings: Settings) -> Control:
     upgrade_to_head(db.engine)
     secret = resolve_secret_key(settings)
     hasher = ApiKeyHasher(secret)
-    tenants = TenantService(db, hasher)
     keyring = Keyring(db, load_master_key(settings), settings.crypto.algorithm)
     audit = AuditLog(db, secret, keyring)
-    registry = ModelRegistry(db, keyring)
+    tenants = TenantService(db, hasher, audit)
+    registry = ModelRegistry(db, keyring, audit)
     written = tenants.bootstrap_platform(settings.admin_key_file)
     if written is not None:
         audit.record(AuditEvent("system", "platform.bootstrap", target=str(written.name)))
         if settings.builtin_model:
-            registry.add_builtin()
+            registry.add_builtin(actor="system")
         log.info("first start: the platform admin key was written to %s", written.resolve())
     return Control(
         settings=settings,
         db=db,
         tenants=tenants,
         registry=registry,
-        quotas=QuotaService(db),
+        quotas=QuotaService(db, audit),
         audit=audit,
         keyring=keyring,
         users=UserService(db, hasher, keyring, audit, settings.auth, tenants),

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from inhouse.errors import (
     ConflictError,
@@ -20,6 +21,7 @@ from inhouse.errors import (
     QuotaExceededError,
 )
 from inhouse.security.api_keys import new_id
+from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.security.keyring import Keyring
 from inhouse.security.sealed_columns import model_api_key_context
 from inhouse.store.db import Database
@@ -110,9 +112,12 @@ class TenantOwner:
 
 
 class ModelRegistry:
-    def __init__(self, db: Database, keyring: Keyring) -> None:
+    """Model entries in the store; each addition and removal audited in its transaction."""
+
+    def __init__(self, db: Database, keyring: Keyring, audit: AuditLog) -> None:
         self._db = db
         self._keyring = keyring
+        self._audit = audit
 
     def list(self) -> list[ModelEntry]:
         with self._db.session() as session:
@@ -126,10 +131,13 @@ class ModelRegistry:
                 raise NotFoundError(f"model {name!r} does not exist", param="model")
             return _entry(row)
 
-    def add_builtin(self) -> ModelEntry:
-        return self._insert(ModelRow(name=BUILTIN_MODEL_NAME, kind=ModelKind.BUILTIN.value))
+    def add_builtin(self, *, actor: str) -> ModelEntry:
+        row = ModelRow(name=BUILTIN_MODEL_NAME, kind=ModelKind.BUILTIN.value)
+        return self._insert(row, actor=actor)
 
-    def add_local(self, name: str, path: Path, *, owner: TenantOwner | None = None) -> ModelEntry:
+    def add_local(
+        self, name: str, path: Path, *, actor: str, owner: TenantOwner | None = None
+    ) -> ModelEntry:
         _check_name(name)
         path = path.expanduser().resolve()
         if not (path / "config.json").is_file():
@@ -138,7 +146,7 @@ class ModelRegistry:
                 param="path",
             )
         row = ModelRow(name=name, kind=ModelKind.LOCAL.value, path=str(path))
-        return self._insert(row, owner)
+        return self._insert(row, owner, actor=actor)
 
     def add_remote(
         self,
@@ -149,6 +157,7 @@ class ModelRegistry:
         api_key_env: str | None = None,
         api_key: str | None = None,
         owner: TenantOwner | None = None,
+        actor: str,
     ) -> ModelEntry:
         """A remote upstream; its API key named by a variable, or given and stored sealed."""
         _check_name(name)
@@ -178,15 +187,17 @@ class ModelRegistry:
             upstream_model=upstream_model,
             api_key_env=api_key_env,
         )
-        return self._insert(row, owner, api_key=api_key.strip() if api_key else None)
+        return self._insert(row, owner, actor=actor, api_key=api_key.strip() if api_key else None)
 
-    def remove(self, name: str) -> ModelEntry:
-        with self._db.session() as session:
+    def remove(self, name: str, *, actor: str) -> ModelEntry:
+        def remove(session: Session) -> tuple[ModelEntry, AuditEvent]:
             row = session.scalar(select(ModelRow).where(ModelRow.name == name))
             if row is None:
                 raise NotFoundError(f"model {name!r} does not exist", param="model")
             session.delete(row)
-            return _entry(row)
+            return _entry(row), AuditEvent(actor, "model.remove", row.tenant_id, row.name)
+
+        return self._audit.audited(remove)
 
     def upstream_api_key(self, entry: ModelEntry) -> str | None:
         """The key to send upstream: opened from the store, or read from its variable."""
@@ -195,26 +206,37 @@ class ModelRegistry:
         return os.environ.get(entry.api_key_env) if entry.api_key_env else None
 
     def _insert(
-        self, row: ModelRow, owner: TenantOwner | None = None, *, api_key: str | None = None
+        self,
+        row: ModelRow,
+        owner: TenantOwner | None = None,
+        *,
+        actor: str,
+        api_key: str | None = None,
     ) -> ModelEntry:
         row.id = new_id("mdl")
         if api_key is not None:
             row.api_key_sealed = self._keyring.encrypt(api_key, model_api_key_context(row.id))
         row.created_at = utcnow()
         row.tenant_id = owner.tenant_id if owner is not None else None
-        try:
-            with self._db.session() as session:
-                if owner is not None and owner.model_count is not None:
-                    owned = session.scalar(
-                        select(func.count(ModelRow.id)).where(ModelRow.tenant_id == owner.tenant_id)
+
+        def insert(session: Session) -> tuple[ModelEntry, AuditEvent]:
+            if owner is not None and owner.model_count is not None:
+                owned = session.scalar(
+                    select(func.count(ModelRow.id)).where(ModelRow.tenant_id == owner.tenant_id)
+                )
+                if (owned or 0) >= owner.model_count:
+                    raise QuotaExceededError(
+                        f"tenant {owner.tenant_name!r} has {owned} models, its model_count "
+                        f"quota is {owner.model_count}",
+                        param="model_count",
                     )
-                    if (owned or 0) >= owner.model_count:
-                        raise QuotaExceededError(
-                            f"tenant {owner.tenant_name!r} has {owned} models, its model_count "
-                            f"quota is {owner.model_count}",
-                            param="model_count",
-                        )
-                session.add(row)
+            session.add(row)
+            event = AuditEvent(
+                actor, "model.add", row.tenant_id, row.name, details={"kind": row.kind}
+            )
+            return _entry(row), event
+
+        try:
+            return self._audit.audited(insert)
         except IntegrityError:
             raise ConflictError(f"model {row.name!r} already exists", param="name") from None
-        return _entry(row)

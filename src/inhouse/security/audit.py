@@ -24,14 +24,15 @@ head (``AuditLog.head``) with one exported or recorded elsewhere for that.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import hashes, hmac
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from inhouse.security.envelope import DecryptionError, is_sealed
 from inhouse.security.keyring import Keyring
@@ -43,6 +44,13 @@ GENESIS = "0" * 64
 """The previous hash of the first entry."""
 
 _APPEND_ATTEMPTS = 50
+
+
+T = TypeVar("T")
+
+
+class _ChainTaken(Exception):
+    """Another writer appended to the chain while a change was being recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +176,27 @@ class AuditLog:
                     return self.append_in(connection, [event])[0]
             except IntegrityError:
                 continue  # another writer took this sequence number: chain onto its entry
+        raise RuntimeError("could not append to the audit chain: too much contention")
+
+    def audited(self, change: Callable[[Session], tuple[T, AuditEvent | None]]) -> T:
+        """Make a change and chain its audit entry in one transaction: both are committed
+        or neither is. ``change`` does its writes on the session it is given and returns
+        its result and the event (None: nothing changed, nothing to record). It runs
+        again when another writer took the chain's next number meanwhile, so it must not
+        act outside the session; its own integrity errors (a taken name) pass through."""
+        for _ in range(_APPEND_ATTEMPTS):
+            try:
+                with self._db.session() as session:
+                    result, event = change(session)
+                    session.flush()
+                    if event is not None:
+                        try:
+                            self.append_in(session.connection(), [event])
+                        except IntegrityError as exc:
+                            raise _ChainTaken from exc
+                    return result
+            except _ChainTaken:
+                continue
         raise RuntimeError("could not append to the audit chain: too much contention")
 
     def append_in(self, connection: Connection, events: Sequence[AuditEvent]) -> list[AuditEntry]:

@@ -17,8 +17,10 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from inhouse.errors import InvalidRequestError, NotFoundError
+from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.store.db import Database
 from inhouse.store.tables import ApiKeyRow, QuotaRow, TenantRow, utcnow
 from inhouse.tenancy.models import Principal
@@ -179,10 +181,11 @@ def validate_quota(quota: Quota) -> None:
 
 
 class QuotaService:
-    """Reads and changes quotas in the store."""
+    """Reads and changes quotas in the store; each change audited in its transaction."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditLog) -> None:
         self._db = db
+        self._audit = audit
 
     def _ids(self, tenant_name: str, key_id: str | None) -> tuple[str, str]:
         with self._db.session() as session:
@@ -200,19 +203,21 @@ class QuotaService:
         with self._db.session() as session:
             return _quota(session.get(QuotaRow, (tenant_id, key)))
 
-    def update(self, tenant_name: str, changes: dict[str, Any], key_id: str | None = None) -> Quota:
+    def update(
+        self,
+        tenant_name: str,
+        changes: dict[str, Any],
+        key_id: str | None = None,
+        *,
+        actor: str,
+    ) -> Quota:
         """Change the named fields (a value of None removes that limit); others stay."""
         unknown = set(changes) - set(QUOTA_FIELDS)
         if unknown:
             raise InvalidRequestError(f"unknown quota field {sorted(unknown)[0]!r}")
         tenant_id, key = self._ids(tenant_name, key_id)
-        try:
-            return self._update(tenant_id, key, changes)
-        except IntegrityError:  # another writer created the row first: change that one
-            return self._update(tenant_id, key, changes)
 
-    def _update(self, tenant_id: str, key: str, changes: dict[str, Any]) -> Quota:
-        with self._db.session() as session:
+        def update(session: Session) -> tuple[Quota, AuditEvent]:
             row = session.get(QuotaRow, (tenant_id, key))
             quota = replace(_quota(row), **changes)
             validate_quota(quota)
@@ -222,7 +227,14 @@ class QuotaService:
             for name, value in quota.as_dict().items():
                 setattr(row, name, value.value if isinstance(value, StrEnum) else value)
             row.updated_at = utcnow()
-        return quota
+            details = {"changes": changes}
+            target = key or tenant_name
+            return quota, AuditEvent(actor, "quota.update", tenant_id, target, details=details)
+
+        try:
+            return self._audit.audited(update)
+        except IntegrityError:  # another writer created the row first: change that one
+            return self._audit.audited(update)
 
     def limits(self, tenant_id: str, key_id: str, makers: tuple[str, ...] = ()) -> Limits:
         with self._db.session() as session:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from inhouse.errors import ConfigurationError, ConflictError, InvalidRequestError, NotFoundError
 from inhouse.security.api_keys import ApiKeyHasher, new_id
+from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.security.secret_file import write_private_file
 from inhouse.store.db import Database
 from inhouse.store.tables import ApiKeyRow, TenantRow, utcnow
@@ -50,25 +51,32 @@ def parse_role(value: str) -> Role:
 
 
 class TenantService:
-    """Creates, lists and revokes tenants and keys; resolves key hashes to principals."""
+    """Creates, lists and revokes tenants and keys, each change audited in its own
+    transaction; resolves key hashes to principals."""
 
-    def __init__(self, db: Database, hasher: ApiKeyHasher) -> None:
+    def __init__(self, db: Database, hasher: ApiKeyHasher, audit: AuditLog) -> None:
         self._db = db
         self._hasher = hasher
+        self._audit = audit
 
-    def create_tenant(self, name: str, *, is_platform: bool = False) -> Tenant:
+    def create_tenant(self, name: str, *, actor: str, is_platform: bool = False) -> Tenant:
         if not TENANT_NAME.match(name):
             raise InvalidRequestError(
                 f"invalid tenant name {name!r}: use 1-64 lowercase letters, digits, '-' or '_'",
                 param="name",
             )
-        row = TenantRow(id=new_id("ten"), name=name, is_platform=is_platform, created_at=utcnow())
+
+        def create(session: Session) -> tuple[Tenant, AuditEvent]:
+            row = TenantRow(
+                id=new_id("ten"), name=name, is_platform=is_platform, created_at=utcnow()
+            )
+            session.add(row)
+            return _tenant(row), AuditEvent(actor, "tenant.create", row.id, target=name)
+
         try:
-            with self._db.session() as session:
-                session.add(row)
+            return self._audit.audited(create)
         except IntegrityError:
             raise ConflictError(f"tenant {name!r} already exists", param="name") from None
-        return _tenant(row)
 
     def list_tenants(self) -> list[Tenant]:
         with self._db.session() as session:
@@ -83,28 +91,41 @@ class TenantService:
             return _tenant(row)
 
     def create_key(
-        self, tenant_name: str, role: Role, name: str = "", *, created_by: str | None = None
+        self,
+        tenant_name: str,
+        role: Role,
+        name: str = "",
+        *,
+        actor: str,
+        created_by: str | None = None,
     ) -> tuple[ApiKeyInfo, str]:
-        """Create a key; the plaintext is returned here and never stored."""
+        """Create a key; the plaintext is returned here and never stored.
+
+        ``created_by``: the key or person that made it (its budget is shared, and its
+        revocation revokes this key too); ``actor``: who the audit entry names."""
         tenant = self.get_tenant(tenant_name)
         if role is Role.PLATFORM_ADMIN and not tenant.is_platform:
             raise InvalidRequestError(
                 "the platform-admin role exists only in the platform tenant", param="role"
             )
         new_key = self._hasher.generate()
-        row = ApiKeyRow(
-            id=new_id("key"),
-            tenant_id=tenant.id,
-            role=role.value,
-            name=name,
-            prefix=new_key.display_prefix,
-            key_hash=new_key.key_hash,
-            created_at=utcnow(),
-            created_by=created_by,
-        )
-        with self._db.session() as session:
+
+        def create(session: Session) -> tuple[ApiKeyInfo, AuditEvent]:
+            row = ApiKeyRow(
+                id=new_id("key"),
+                tenant_id=tenant.id,
+                role=role.value,
+                name=name,
+                prefix=new_key.display_prefix,
+                key_hash=new_key.key_hash,
+                created_at=utcnow(),
+                created_by=created_by,
+            )
             session.add(row)
-        return _key_info(row, tenant.name), new_key.plaintext
+            event = AuditEvent(actor, "key.create", tenant.id, row.id, details={"role": role})
+            return _key_info(row, tenant.name), event
+
+        return self._audit.audited(create), new_key.plaintext
 
     def list_keys(
         self, tenant_name: str | None = None, *, owner: str | None = None
@@ -120,7 +141,12 @@ class TenantService:
             return [_key_info(key, tenant) for key, tenant in rows]
 
     def revoke_key(
-        self, key_id_or_prefix: str, *, tenant_name: str | None = None, owner: str | None = None
+        self,
+        key_id_or_prefix: str,
+        *,
+        actor: str,
+        tenant_name: str | None = None,
+        owner: str | None = None,
     ) -> ApiKeyInfo:
         """Revoke a key and every key made with it, and with those, and so on.
 
@@ -135,18 +161,24 @@ class TenantService:
             query = query.where(TenantRow.name == tenant_name)
         if owner is not None:
             query = query.where(or_(ApiKeyRow.id == owner, ApiKeyRow.created_by == owner))
-        with self._db.session() as session:
+
+        def revoke(session: Session) -> tuple[ApiKeyInfo, AuditEvent]:
             matches = session.execute(query).all()
             if not matches:
                 raise NotFoundError(f"no key {key_id_or_prefix!r}", param="key")
             if len(matches) > 1:
                 raise ConflictError(f"{key_id_or_prefix!r} matches several keys; use the key id")
-            row, tenant_name = matches[0]
+            row, found_in = matches[0]
             now = utcnow()
             if row.revoked_at is None:
                 row.revoked_at = now
-            _revoke_made_by(session, [row.id], now)
-            return _key_info(row, tenant_name)
+            made = _revoke_made_by(session, [row.id], now)
+            event = AuditEvent(
+                actor, "key.revoke", row.tenant_id, row.id, details={"keys_made_with_it": made}
+            )
+            return _key_info(row, found_in), event
+
+        return self._audit.audited(revoke)
 
     def revoke_keys_made_by(self, creator_id: str) -> int:
         """Revoke the keys a key or a person made, and the keys those made, and so on."""
@@ -188,10 +220,12 @@ class TenantService:
                 "move the old key file away to bootstrap this database"
             )
         try:
-            self.create_tenant(PLATFORM_TENANT, is_platform=True)
+            self.create_tenant(PLATFORM_TENANT, actor="system", is_platform=True)
         except ConflictError:
             return None  # another process bootstrapped concurrently
-        _, plaintext = self.create_key(PLATFORM_TENANT, Role.PLATFORM_ADMIN, name="bootstrap")
+        _, plaintext = self.create_key(
+            PLATFORM_TENANT, Role.PLATFORM_ADMIN, name="bootstrap", actor="system"
+        )
         write_private_file(admin_key_file, plaintext + "\n")
         return admin_key_file
 

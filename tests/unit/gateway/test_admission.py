@@ -28,6 +28,7 @@ from inhouse.tenancy.admission import LocalLimiter
 from inhouse.tenancy.models import Principal, Role
 from inhouse.tenancy.quotas import LimitsCache, QuotaService
 from inhouse.tenancy.service import TenantService
+from tests.keyrings import audit_for
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 REMOTE = ModelEntry("mdl_r", "big", ModelKind.REMOTE, NOW, url="http://10.0.0.1:8000/v1")
@@ -47,12 +48,12 @@ def admit(
 ) -> Admitted:
     db = Database(f"sqlite:///{tmp_path / 'a.db'}")
     upgrade_to_head(db.engine)
-    tenants = TenantService(db, ApiKeyHasher(b"k" * 32))
-    tenant = tenants.create_tenant("acme")
-    key, _ = tenants.create_key("acme", Role.DEVELOPER)
-    quotas = QuotaService(db)
+    tenants = TenantService(db, ApiKeyHasher(b"k" * 32), audit_for(db))
+    tenant = tenants.create_tenant("acme", actor="test")
+    key, _ = tenants.create_key("acme", Role.DEVELOPER, actor="test")
+    quotas = QuotaService(db, audit_for(db))
     if quota:
-        quotas.update("acme", quota)
+        quotas.update("acme", quota, actor="test")
     settings = Settings(data_dir=tmp_path)
     admission = Admission(LimitsCache(quotas, ttl_seconds=0), LocalLimiter(), settings)
     caller = Principal(tenant.id, "acme", key.id, Role.DEVELOPER)

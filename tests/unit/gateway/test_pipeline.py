@@ -32,7 +32,7 @@ from inhouse.tenancy.metering import UsageRecorder
 from inhouse.tenancy.models import Principal, Role
 from inhouse.tenancy.quotas import LimitsCache, QuotaService
 from inhouse.tenancy.service import TenantService
-from tests.keyrings import keyring_for
+from tests.keyrings import audit_for, keyring_for
 
 PRINCIPAL = Principal(tenant_id="ten_a", tenant_name="a", key_id="key_a", role=Role.DEVELOPER)
 MESSAGE = "one two three four five six"
@@ -48,15 +48,15 @@ class Harness:
         settings = Settings(data_dir=tmp_path, builtin_model=False)
         self.db = Database(f"sqlite:///{tmp_path / 'g.db'}")
         upgrade_to_head(self.db.engine)
-        registry = ModelRegistry(self.db, keyring_for(self.db))
+        registry = ModelRegistry(self.db, keyring_for(self.db), audit_for(self.db))
         weights = tmp_path / "weights"
         weights.mkdir()
         (weights / "config.json").write_text("{}")
-        registry.add_local("echo", weights)
+        registry.add_local("echo", weights, actor="test")
         self.engines = EnginePool(registry, settings, local_engine=lambda _entry: engine)
         self.recorder = UsageRecorder(self.db, settings.metering)
         self.metrics = GatewayMetrics()
-        self.quotas = QuotaService(self.db)
+        self.quotas = QuotaService(self.db, audit_for(self.db))
         limits = LimitsCache(self.quotas, ttl_seconds=0.0)
         self.admission = Admission(limits, LocalLimiter(), settings)
         recording = Recording(self.recorder, self.metrics, self.admission)
@@ -66,10 +66,10 @@ class Harness:
         return await self.pipeline.handle(principal, request, Endpoint.CHAT)
 
     def tenant_with_quota(self, **quota: object) -> Principal:
-        tenants = TenantService(self.db, ApiKeyHasher(b"k" * 32))
-        tenant = tenants.create_tenant("acme")
-        key, _ = tenants.create_key("acme", Role.DEVELOPER)
-        self.quotas.update("acme", quota)
+        tenants = TenantService(self.db, ApiKeyHasher(b"k" * 32), audit_for(self.db))
+        tenant = tenants.create_tenant("acme", actor="test")
+        key, _ = tenants.create_key("acme", Role.DEVELOPER, actor="test")
+        self.quotas.update("acme", quota, actor="test")
         return Principal(tenant.id, "acme", key.id, Role.DEVELOPER)
 
     async def __aenter__(self) -> Harness:

@@ -15,7 +15,7 @@ from inhouse.tenancy.auth import Authenticator
 from inhouse.tenancy.models import Role
 from inhouse.tenancy.service import TenantService
 from inhouse.tenancy.users import UserService
-from tests.keyrings import keyring_for
+from tests.keyrings import audit_for, keyring_for
 
 
 class ManualClock:
@@ -35,8 +35,8 @@ def db(tmp_path) -> Database:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def tenants(db: Database) -> TenantService:
-    service = TenantService(db, ApiKeyHasher(b"k"))
-    service.create_tenant("lab")
+    service = TenantService(db, ApiKeyHasher(b"k"), audit_for(db))
+    service.create_tenant("lab", actor="test")
     return service
 
 
@@ -64,12 +64,12 @@ def test_revocation_takes_effect_when_the_cache_entry_expires(
 ) -> None:
     clock = ManualClock()
     auth = Authenticator(tenants, users, ttl_seconds=2.0, clock=clock)
-    info, plaintext = tenants.create_key("lab", Role.DEVELOPER)
+    info, plaintext = tenants.create_key("lab", Role.DEVELOPER, actor="test")
 
     async def scenario() -> None:
         principal = await auth.authenticate(plaintext)
         assert principal.key_id == info.id
-        tenants.revoke_key(info.id)
+        tenants.revoke_key(info.id, actor="test")
         clock.now += 1.0
         await auth.authenticate(plaintext)  # still cached
         clock.now += 1.5

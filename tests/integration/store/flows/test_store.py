@@ -14,16 +14,16 @@ from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.tenancy.service import TenantService
-from tests.keyrings import keyring_for
+from tests.keyrings import audit_for, keyring_for
 
 
 @pytest.fixture
 def db(database_url: str) -> Database:
     database = Database(database_url)
     upgrade_to_head(database.engine)
-    tenants = TenantService(database, ApiKeyHasher(b"k"))
-    tenants.create_tenant("bank")
-    tenants.create_tenant("insurer")
+    tenants = TenantService(database, ApiKeyHasher(b"k"), audit_for(database))
+    tenants.create_tenant("bank", actor="test")
+    tenants.create_tenant("insurer", actor="test")
     return database
 
 

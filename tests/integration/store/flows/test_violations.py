@@ -16,7 +16,7 @@ from inhouse.security.audit import AuditLog
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.tenancy.service import TenantService
-from tests.keyrings import keyring_for
+from tests.keyrings import audit_for, keyring_for
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
@@ -33,7 +33,9 @@ class Clock:
 def world(database_url: str) -> tuple[ViolationCounter, AuditLog, Clock, str]:
     db = Database(database_url)
     upgrade_to_head(db.engine)
-    tenant = TenantService(db, ApiKeyHasher(b"k")).create_tenant("bank")
+    tenant = TenantService(db, ApiKeyHasher(b"k"), audit_for(db)).create_tenant(
+        "bank", actor="test"
+    )
     audit = AuditLog(db, b"s" * 32, keyring_for(db))
     clock = Clock()
     counter = ViolationCounter(db, audit, FlowSettings(suspension_minutes=30), clock=clock)

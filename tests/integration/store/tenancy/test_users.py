@@ -22,7 +22,7 @@ from inhouse.store.tables import UserRow
 from inhouse.tenancy.models import Role
 from inhouse.tenancy.service import TenantService
 from inhouse.tenancy.users import Enrolment, UserService
-from tests.keyrings import keyring_for
+from tests.keyrings import audit_for, keyring_for
 
 PASSWORD = "correct horse battery staple"
 T0 = datetime(2026, 11, 26, 9, 0, 0, tzinfo=UTC)
@@ -37,8 +37,8 @@ def db(database_url: str) -> Database:
 
 @pytest.fixture
 def tenants(db: Database) -> TenantService:
-    service = TenantService(db, ApiKeyHasher(b"k"))
-    service.create_tenant("bank")
+    service = TenantService(db, ApiKeyHasher(b"k"), audit_for(db))
+    service.create_tenant("bank", actor="test")
     return service
 
 
@@ -200,9 +200,9 @@ def test_two_logins_racing_with_one_code_get_one_session(
 def test_disabling_a_person_revokes_the_keys_their_sessions_made(
     users: UserService, alice: Enrolment, tenants: TenantService
 ) -> None:
-    made, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=alice.user.id)
-    child, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=made.id)
-    other, _ = tenants.create_key("bank", Role.DEVELOPER)
+    made, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=alice.user.id, actor="test")
+    child, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=made.id, actor="test")
+    other, _ = tenants.create_key("bank", Role.DEVELOPER, actor="test")
     users.disable("alice", actor="cli:root")
     state = {key.id: key.active for key in tenants.list_keys("bank")}
     assert state == {made.id: False, child.id: False, other.id: True}

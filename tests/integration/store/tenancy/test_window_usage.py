@@ -12,6 +12,7 @@ from inhouse.store.tables import UsageRow
 from inhouse.tenancy.models import Role
 from inhouse.tenancy.service import TenantService
 from inhouse.tenancy.window_usage import used_in_windows
+from tests.keyrings import audit_for
 
 NOW = datetime(2026, 12, 7, 10, 30, 20, tzinfo=UTC)
 
@@ -19,10 +20,10 @@ NOW = datetime(2026, 12, 7, 10, 30, 20, tzinfo=UTC)
 def test_usage_per_window_rolls_up_to_tenants_and_maker_keys(database_url: str) -> None:
     db = Database(database_url)
     upgrade_to_head(db.engine)
-    tenants = TenantService(db, ApiKeyHasher(b"k" * 32))
-    tenant = tenants.create_tenant("bank")
-    parent, _ = tenants.create_key("bank", Role.DEVELOPER)
-    child, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=parent.id)
+    tenants = TenantService(db, ApiKeyHasher(b"k" * 32), audit_for(db))
+    tenant = tenants.create_tenant("bank", actor="test")
+    parent, _ = tenants.create_key("bank", Role.DEVELOPER, actor="test")
+    child, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=parent.id, actor="test")
     moments = {
         "this minute": NOW - timedelta(seconds=5),
         "today": NOW - timedelta(hours=2),
