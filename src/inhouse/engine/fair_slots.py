@@ -10,8 +10,8 @@ gateway passes tenants). The rules, together:
 * **Weighted fair order.** Within a class, the group holding the fewest slots per unit of
   weight goes first; ties go to the request that arrived first.
 
-Running requests are never taken back: a group above its cap (it was alone a moment ago)
-simply gets no new slot until it is back under, while the others catch up.
+``targets`` says what each group should hold for a given demand; an engine that can take
+slots back (the local engine, by preemption) sheds what a group holds above it.
 """
 
 from __future__ import annotations
@@ -48,3 +48,16 @@ def next_head(heads: Iterable[Head], held: Mapping[str, int], cap: int) -> Head 
     if not eligible:
         return None
     return min(eligible, key=lambda h: (h.priority, held.get(h.group, 0) / h.weight, h.arrival))
+
+
+def targets(demand: Mapping[str, int], slots: int, cap: int) -> dict[str, int]:
+    """The slots each group should hold, given what it asks for (running plus waiting):
+    up to the cap each; what is left goes to a group only when it is the one group still
+    asking for more (otherwise it stays free, as the cap holds while others wait)."""
+    target = {group: min(asked, cap) for group, asked in demand.items()}
+    unmet = [group for group, asked in demand.items() if asked > target[group]]
+    if len(unmet) == 1:
+        group = unmet[0]
+        left = max(0, slots - sum(target.values()))
+        target[group] = min(demand[group], target[group] + left)
+    return target

@@ -19,9 +19,9 @@ slots per weight first), then in arrival order. A sequence that does not fit blo
 those behind it, so large requests are not starved by small ones.
 
 A group that took more than its share while it was alone gives the excess back as soon
-as groups under their share wait: its newest sequences are preempted (their rows are
-released, and they rejoin first among their group's waiting ones, to be prefilled again
-with what they have generated so far), as vLLM preempts by recomputation.
+as another group waits: its newest sequences are preempted (their rows are released,
+and they rejoin first among their group's waiting ones, to be prefilled again with what
+they have generated so far), as vLLM preempts by recomputation.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
-from inhouse.engine.fair_slots import Head, next_head, share_cap
+from inhouse.engine.fair_slots import Head, next_head, share_cap, targets
 from inhouse.errors import InvalidRequestError, RateLimitError
 from inhouse.protocol.types import Priority
 
@@ -169,22 +169,19 @@ class Scheduler:
         return StepPlan(prefill=tuple(prefill), decode=decode, drop=drop, preempt=preempt)
 
     def _preempt_excess(self, now: float) -> tuple[int, ...]:
-        """Newest sequences of groups above their share, as many as groups under their
-        share have waiting and the free slots cannot take."""
+        """The newest sequences of groups holding more than their fair target
+        (``fair_slots.targets``): they give their slots back and wait again, first of
+        their group."""
         if not self._waiting:
             return ()
-        wanted = sum(
-            min(len(line), self._cap - self._held.get(group, 0))
-            for group, line in self._waiting.items()
-            if self._held.get(group, 0) < self._cap
-        )
-        short = wanted - (self.limits.max_running - len(self._running))
+        demand = dict(self._held)
+        for group, line in self._waiting.items():
+            demand[group] = demand.get(group, 0) + len(line)
+        target = targets(demand, self.limits.max_running, self._cap)
         preempted: list[int] = []
         for seq_id in reversed(list(self._running)):
-            if short <= 0:
-                break
             spec = self._running[seq_id]
-            if self._held[spec.group] <= self._cap:
+            if self._held[spec.group] <= target[spec.group]:
                 continue
             self._release(seq_id)
             first = min((item.arrival for item in self._waiting.get(spec.group, ())), default=0)
@@ -192,7 +189,6 @@ class Scheduler:
             heapq.heappush(self._waiting.setdefault(spec.group, []), item)
             self._waiting_count += 1
             preempted.append(seq_id)
-            short -= 1
         return tuple(preempted)
 
     def update(self, finished: list[int] | tuple[int, ...]) -> None:

@@ -7,9 +7,16 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inhouse.engine.fair_slots import Head, next_head, share_cap
+from inhouse.engine.fair_slots import Head, next_head, share_cap, targets
 from inhouse.engine.scheduler import Scheduler, SchedulerLimits, SequenceSpec
 from inhouse.protocol.types import Priority
+
+
+def test_targets_give_each_its_share_and_the_rest_only_to_a_lone_asker() -> None:
+    assert targets({"a": 10, "b": 8}, slots=10, cap=3) == {"a": 3, "b": 3}
+    assert targets({"a": 12, "b": 2}, slots=10, cap=3) == {"a": 8, "b": 2}
+    assert targets({"a": 2, "b": 1}, slots=10, cap=3) == {"a": 2, "b": 1}
+    assert targets({"a": 40}, slots=10, cap=3) == {"a": 10}
 
 
 def test_the_cap_rounds_down_and_is_never_zero() -> None:
@@ -77,7 +84,8 @@ def test_a_lone_tenant_uses_every_slot_and_gives_back_the_excess_when_others_wai
     s.add(spec(100, "b"), now=1)
     s.add(spec(101, "b"), now=1)
     plan = s.schedule(now=1)
-    # b waits under its share and no slot is free: a's two newest give theirs back
+    # b waits and no slot is free: a's two newest give theirs back; a, then the only
+    # group still asking for more, keeps the rest
     assert plan.preempt == (9, 8) and set(plan.prefill) == {100, 101}
     assert s.running_by_group() == {"a": 8, "b": 2}
     assert s.waiting_by_group() == {"a": 4}
@@ -86,7 +94,7 @@ def test_a_lone_tenant_uses_every_slot_and_gives_back_the_excess_when_others_wai
     assert plan.prefill == (8, 9) and s.running_by_group() == {"a": 10}
 
 
-def test_only_what_waiting_groups_under_their_share_can_use_is_preempted() -> None:
+def test_a_group_above_its_share_gives_back_all_the_excess_while_another_waits() -> None:
     s = scheduler()
     for seq_id in range(10):
         s.add(spec(seq_id, "a"), now=0)
@@ -94,9 +102,9 @@ def test_only_what_waiting_groups_under_their_share_can_use_is_preempted() -> No
     for seq_id in range(100, 108):
         s.add(spec(seq_id, "b"), now=1)
     plan = s.schedule(now=1)
-    assert len(plan.preempt) == 3  # b may hold 3
-    assert s.running_by_group() == {"a": 7, "b": 3}
-    assert s.schedule(now=2).preempt == ()  # b at its share: a keeps the rest
+    assert plan.preempt == (9, 8, 7, 6, 5, 4, 3)  # a keeps its share: 3 of 10
+    assert s.running_by_group() == {"a": 3, "b": 3}  # b, too: 4 slots stay free
+    assert s.schedule(now=2).preempt == ()
 
 
 @given(
@@ -129,9 +137,10 @@ def test_no_group_exceeds_the_cap_while_another_waits(
         # work-conserving: a free slot is only left while every waiting group is capped
         if s.waiting and s.running < max_running:
             assert all(after[g] >= cap for g in waiting) and len(waiting) > 1
-        # after each step, a group above its share has no group under its share waiting
-        if any(count > cap for count in after.values()):
-            assert not [g for g, n in waiting.items() if n and after[g] < cap]
+        # after each step, no group holds more than its share while another waits
+        for group, count in after.items():
+            if any(g != group for g in waiting):
+                assert count <= cap
         held = after
         if plan.decode:
             s.update(plan.decode[:1])  # the oldest finishes, so the line moves
