@@ -15,11 +15,13 @@ import re
 import uuid
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from inhouse.errors import InvalidRequestError
 from inhouse.fleet.router import DEFAULT_TASKS
 from inhouse.flows.context import Block, FlowContext, Stage, StepOptions, StepType
 from inhouse.flows.pii import PiiKind, mask, restore
+from inhouse.flows.safe_regex import compile_pattern
 
 _PRE = frozenset({Stage.PRE})
 _POST = frozenset({Stage.POST})
@@ -30,8 +32,21 @@ class PiiMaskOptions(StepOptions):
         default=None, description="what to look for; default: every kind"
     )
     custom: dict[str, str] = Field(
-        default_factory=dict, description="more patterns: name → regular expression"
+        default_factory=dict,
+        max_length=32,
+        description="more patterns: name → regular expression (RE2 syntax: linear time, "
+        "no backreferences or lookaround)",
     )
+
+    @field_validator("custom")
+    @classmethod
+    def _patterns_run_on_re2(cls, custom: dict[str, str]) -> dict[str, str]:
+        for name, pattern in custom.items():
+            try:
+                compile_pattern(pattern, where=f"custom.{name}")
+            except InvalidRequestError as exc:
+                raise ValueError(exc.message) from None
+        return custom
 
 
 class PiiMaskStep:
@@ -39,7 +54,10 @@ class PiiMaskStep:
 
     def __init__(self, options: PiiMaskOptions) -> None:
         self._kinds = set(options.kinds) if options.kinds is not None else None
-        self._custom = {name: re.compile(pattern) for name, pattern in options.custom.items()}
+        self._custom = {
+            name: compile_pattern(pattern, where=f"custom.{name}")
+            for name, pattern in options.custom.items()
+        }
 
     def run(self, context: FlowContext) -> None:
         masked = mask(context.text, kinds=self._kinds, custom=self._custom)

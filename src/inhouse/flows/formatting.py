@@ -30,7 +30,9 @@ from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from inhouse.errors import InvalidRequestError
 from inhouse.flows.context import Block, FlowContext, Stage, StepOptions, StepType
+from inhouse.flows.json_schema import SafeValidator, check_patterns
 
 _POST = frozenset({Stage.POST})
 
@@ -72,8 +74,11 @@ class JsonFormatOptions(StepOptions):
     def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
         try:
             Draft202012Validator.check_schema(schema)
+            check_patterns(schema)
         except SchemaError as exc:
             raise ValueError(f"not a valid JSON Schema at {exc.json_path}: {exc.message}") from None
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from None
         _check_references(schema)
         return schema
 
@@ -129,7 +134,7 @@ class JsonFormatStep:
         self._repair = options.repair
         self.may_ask_again = options.repair
         # An empty registry: a $ref is resolved inside the schema, never fetched.
-        self._validator = Draft202012Validator(options.json_schema, registry=Registry())
+        self._validator = SafeValidator(options.json_schema, registry=Registry())
         compact = json.dumps(options.json_schema, ensure_ascii=False, separators=(",", ":"))
         self._schema_text = compact if len(compact) <= _SCHEMA_LIMIT else None
 

@@ -25,6 +25,7 @@ from itertools import accumulate
 from types import MappingProxyType
 
 from inhouse.errors import InvalidRequestError
+from inhouse.flows.safe_regex import SafePattern, compile_pattern
 
 
 class PiiKind(StrEnum):
@@ -216,21 +217,21 @@ def _numbers(norm: str, start: int, end: int) -> Iterator[tuple[int, int, PiiKin
 
 
 def _custom_patterns(
-    custom: Mapping[str, str | re.Pattern[str]] | None,
-) -> list[tuple[str, re.Pattern[str]]]:
-    compiled: list[tuple[str, re.Pattern[str]]] = []
+    custom: Mapping[str, str | SafePattern] | None,
+) -> list[tuple[str, SafePattern]]:
+    """A tenant's patterns, compiled for RE2 (linear-time matching, ``safe_regex``)."""
+    compiled: list[tuple[str, SafePattern]] = []
     for name, pattern in (custom or {}).items():
         if not _CUSTOM_NAME.fullmatch(name):
             raise InvalidRequestError(f"invalid custom PII name {name!r}", param="custom")
-        try:
-            compiled.append((name, re.compile(pattern)))
-        except re.error as exc:
-            raise InvalidRequestError(f"custom PII {name!r}: {exc}", param="custom") from None
+        if isinstance(pattern, str):
+            pattern = compile_pattern(pattern, where=f"custom.{name}")
+        compiled.append((name, pattern))
     return compiled
 
 
 def _candidates(
-    norm: str, wanted: frozenset[PiiKind], custom: list[tuple[str, re.Pattern[str]]]
+    norm: str, wanted: frozenset[PiiKind], custom: list[tuple[str, SafePattern]]
 ) -> Iterator[_Candidate]:
     if wanted & _NUMERIC:
         for run in _NUMBER.finditer(norm):
@@ -243,10 +244,10 @@ def _candidates(
             for m in pattern.finditer(norm):
                 if kind is not PiiKind.IP or _is_ip(m.group()):
                     yield m.start(), m.end(), kind, _RANK[kind]
-    for name, pattern in custom:
-        for m in pattern.finditer(norm):
-            if m.end() > m.start():
-                yield m.start(), m.end(), name, -1  # custom patterns win ties
+    for name, safe in custom:
+        for found in safe.finditer(norm):
+            if found.end() > found.start():
+                yield found.start(), found.end(), name, -1  # custom patterns win ties
 
 
 def _is_ip(candidate: str) -> bool:
@@ -271,7 +272,7 @@ def detect(
     text: str,
     *,
     kinds: Iterable[PiiKind] | None = None,
-    custom: Mapping[str, str | re.Pattern[str]] | None = None,
+    custom: Mapping[str, str | SafePattern] | None = None,
 ) -> list[Finding]:
     """PII in ``text``, in order and without overlaps.
 
@@ -299,7 +300,7 @@ def mask(
     text: str,
     *,
     kinds: Iterable[PiiKind] | None = None,
-    custom: Mapping[str, str | re.Pattern[str]] | None = None,
+    custom: Mapping[str, str | SafePattern] | None = None,
 ) -> Masked:
     """``text`` with each finding replaced by a placeholder such as ``[PHONE_1]``.
 
