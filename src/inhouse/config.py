@@ -41,6 +41,18 @@ class ServerSettings(BaseModel):
     max_header_bytes: int = Field(
         default=32 * 1024, ge=1024, description="all request header lines together; 431 above"
     )
+    max_messages: int = Field(
+        default=2048, ge=1, description="messages of one chat request; 413 above"
+    )
+    max_json_values: int = Field(
+        default=10_000,
+        ge=100,
+        description="objects, arrays and list items of one inference body, counted before "
+        "it is parsed; 413 above (long text is one value, however long)",
+    )
+    max_prompt_characters: int = Field(
+        default=2_000_000, ge=1, description="characters of text in one request's prompt; 413"
+    )
 
 
 class Precision(StrEnum):

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from inhouse.api.access import Require, protected
 from inhouse.api.deps import ServicesDep, services_of
 from inhouse.gateway.context import Endpoint
-from inhouse.protocol.body import parse_body, read_body
+from inhouse.protocol.body import parse_generation, read_body
 from inhouse.protocol.hints import route_hints
 from inhouse.protocol.http import respond
 from inhouse.protocol.openai import ChatCompletionRequest, CompletionRequest, ModelList
@@ -40,7 +40,7 @@ async def list_models(
 async def chat_completions(request: Request, principal: Principal) -> Response:
     services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
-    chat = parse_body(ChatCompletionRequest, body)
+    chat = parse_generation(ChatCompletionRequest, body, services.body_bounds)
     trace = request.headers.get("x-inhouse-trace") == "1"
     reply = await services.pipeline.handle(
         principal, chat, Endpoint.CHAT, hints=route_hints(request.headers), trace=trace
@@ -52,7 +52,7 @@ async def chat_completions(request: Request, principal: Principal) -> Response:
 async def completions(request: Request, principal: Principal) -> Response:
     services = services_of(request)
     body = await read_body(request, services.settings.server.max_body_bytes)
-    completion = parse_body(CompletionRequest, body)
+    completion = parse_generation(CompletionRequest, body, services.body_bounds)
     reply = await services.pipeline.handle(
         principal, completion, Endpoint.COMPLETIONS, hints=route_hints(request.headers)
     )

@@ -21,6 +21,7 @@ from inhouse.gateway.periodic import Periodic
 from inhouse.gateway.pipeline import Pipeline
 from inhouse.gateway.recording import Recording
 from inhouse.monitor.metrics import GatewayMetrics
+from inhouse.protocol.body import BodyBounds
 from inhouse.registry.models import BUILTIN_MODEL_NAME
 from inhouse.security.login_throttle import LoginThrottle
 from inhouse.tenancy.admission import Limiter, LocalLimiter
@@ -46,6 +47,7 @@ class Services:
     login_throttle: LoginThrottle
     housekeeping: tuple[Periodic, ...]
     fleet: FleetMonitor
+    body_bounds: BodyBounds
 
     @property
     def settings(self) -> Settings:
@@ -78,6 +80,11 @@ class Services:
             return True
         engines = [e for e in self.engines.local_engines() if e.name == BUILTIN_MODEL_NAME]
         return all(engine.ready for engine in engines)
+
+
+def body_bounds(settings: Settings) -> BodyBounds:
+    server = settings.server
+    return BodyBounds(server.max_messages, server.max_json_values, server.max_prompt_characters)
 
 
 def build_limiter(settings: Settings) -> Limiter:
@@ -133,6 +140,7 @@ def build_services(settings: Settings) -> Services:
             flows=flows,
         ),
         fleet=fleet,
+        body_bounds=body_bounds(settings),
         login_throttle=LoginThrottle(settings.auth.login_attempts_per_minute),
         housekeeping=(
             Periodic(

@@ -25,7 +25,7 @@ from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.node.registration import Registrar, Registration
 from inhouse.node.service import NodeService
 from inhouse.protocol.bearer import bearer_token
-from inhouse.protocol.body import parse_body, read_body
+from inhouse.protocol.body import BodyBounds, parse_generation, read_body
 from inhouse.protocol.errors import install_error_handlers
 from inhouse.protocol.hints import PRIORITY_HEADER, parse_priority_hint
 from inhouse.protocol.http import new_fastapi, respond
@@ -51,6 +51,8 @@ def create_node_app(
         return scheduler.limits.max_running if scheduler else settings.engine.max_running_sequences
 
     expected = token.encode()
+    server = settings.server
+    bounds = BodyBounds(server.max_messages, server.max_json_values, server.max_prompt_characters)
 
     def authorize(request: Request) -> None:
         given = bearer_token(request.headers.get("authorization")).encode()
@@ -63,13 +65,13 @@ def create_node_app(
     async def chat(request: Request) -> Response:
         authorize(request)
         body = await read_body(request, settings.server.max_body_bytes)
-        parsed = parse_body(ChatCompletionRequest, body)
+        parsed = parse_generation(ChatCompletionRequest, body, bounds)
         return respond(await service.answer(_for_this_model(parsed, engine), priority_of(request)))
 
     async def complete(request: Request) -> Response:
         authorize(request)
         body = await read_body(request, settings.server.max_body_bytes)
-        parsed = parse_body(CompletionRequest, body)
+        parsed = parse_generation(CompletionRequest, body, bounds)
         return respond(await service.answer(_for_this_model(parsed, engine), priority_of(request)))
 
     async def models(request: Request) -> Response:

@@ -1,9 +1,11 @@
-"""Reading and validating request bodies, with a size limit and field-naming errors."""
+"""Reading and validating request bodies: a size limit, a bound on their structure checked
+before they are parsed, and errors that name the field."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -86,3 +88,70 @@ def is_type_tag(part: str) -> bool:
     return part in {"str", "list[str]", "list[TextPart]", "int", "float", "bool"} or (
         "[" in part and "]" in part
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BodyBounds:
+    """How large an inference request may be, besides its size in bytes."""
+
+    max_messages: int
+    max_json_values: int
+    max_prompt_characters: int
+
+
+class GenerationBody(Protocol):
+    """What the bounds look at in a parsed chat or completion request."""
+
+    @property
+    def prompt_characters(self) -> int: ...
+
+
+Generation = TypeVar("Generation", bound=BaseModel)
+
+
+def parse_generation(model: type[Generation], body: bytes, bounds: BodyBounds) -> Generation:
+    """A chat or completion request, its structure bounded before it is parsed: parsing
+    costs time per JSON value, so a body of a hundred thousand tiny messages (or list
+    items of an unknown field) is refused in a byte count rather than built. Then the
+    messages and the prompt's characters are checked exactly."""
+    if body.count(b'"role"') > bounds.max_messages:
+        raise PayloadTooLargeError(
+            f"too many messages: at most {bounds.max_messages} in one request",
+            param="messages",
+        )
+    if _json_values(body, bounds.max_json_values) > bounds.max_json_values:
+        raise PayloadTooLargeError(
+            f"the request body holds too many JSON values (objects, arrays, list items): "
+            f"at most {bounds.max_json_values}"
+        )
+    parsed = parse_body(model, body)
+    messages = getattr(parsed, "messages", None)
+    if messages is not None and len(messages) > bounds.max_messages:
+        raise PayloadTooLargeError(
+            f"too many messages: at most {bounds.max_messages} in one request",
+            param="messages",
+        )
+    characters = cast(GenerationBody, parsed).prompt_characters
+    if characters > bounds.max_prompt_characters:
+        raise PayloadTooLargeError(
+            f"the prompt has {characters} characters; at most {bounds.max_prompt_characters}",
+            param="messages" if messages is not None else "prompt",
+        )
+    return parsed
+
+
+def _json_values(body: bytes, bound: int) -> int:
+    """An upper bound of the values in a JSON body, in a few passes over its bytes.
+
+    The quick count (commas, braces, brackets) includes those inside strings; only when it
+    is over ``bound`` is it made exact: long prose has many commas, all in one value. Then
+    every string counts as a value, and the commas, braces and brackets outside strings."""
+    quick = body.count(b",") + body.count(b"{") + body.count(b"[")
+    if quick <= bound:
+        return quick
+    plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")  # escapes: no string ends there
+    strings = plain.count(b'"') // 2
+    if strings > bound:
+        return strings
+    outside = plain.split(b'"')[::2]
+    return strings + sum(part.count(b",") + part.count(b"{") + part.count(b"[") for part in outside)

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 256
+"""Characters of one stop sequence: an engine checks every one at every token."""
 MAX_TOKENS_LIMIT = 2**31 - 1
 """The largest max_tokens accepted: what a usage row holds."""
 
@@ -40,7 +42,8 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)]
+StopSequence = Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
+Stop = StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
 class _GenerationFields(BaseModel):
@@ -76,6 +79,17 @@ class ChatCompletionRequest(_GenerationFields):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def prompt_characters(self) -> int:
+        """Characters of text in the messages (content strings and text parts)."""
+        total = 0
+        for message in self.messages:
+            if isinstance(message.content, str):
+                total += len(message.content)
+            elif message.content is not None:
+                total += sum(len(part.text or "") for part in message.content)
+        return total
+
 
 class CompletionRequest(_GenerationFields):
     prompt: str | Annotated[list[str], Field(min_length=1)]
@@ -84,6 +98,11 @@ class CompletionRequest(_GenerationFields):
     @property
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def prompt_characters(self) -> int:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        return sum(len(prompt) for prompt in prompts)
 
 
 class Usage(BaseModel):

@@ -62,3 +62,22 @@ def test_incomplete_utf8_is_not_released() -> None:
     assert stream.add(10).text == "caf"
     assert stream.add(11).text == ""
     assert stream.add(12).text == "é"
+
+
+def test_each_token_costs_the_same_however_long_the_output() -> None:
+    """Written as the attack: a long answer with the longest stop strings allowed. The work
+    per token (tokens decoded again) must not grow with the output: 2,000 tokens that
+    each decoded the whole output would decode two million."""
+    decoded = 0
+
+    def counting_decode(ids: Sequence[int]) -> str:
+        nonlocal decoded
+        decoded += len(ids)
+        return "".join(VOCAB[i] for i in ids)
+
+    stops = ["Hel" + "x" * 253, "lo" + "y" * 254, "z" * 256, "wor" + "q" * 253]
+    stream = StopStringStream(counting_decode, stops)
+    released = "".join(stream.add(token).text for token in [1, 2, 3, 4] * 500)
+    released += stream.finish()
+    assert released == "Hello world" * 500
+    assert decoded <= 4 * 2000
