@@ -180,6 +180,18 @@ class AuthSettings(BaseModel):
     login_attempts_per_minute: int = Field(
         default=20, ge=1, description="per client address and gateway replica; 429 above"
     )
+    login_workers: int = Field(
+        default=2, ge=1, le=64, description="threads that check passwords (Argon2id)"
+    )
+    login_queue: int = Field(
+        default=8, ge=0, description="logins that may wait for a thread; 429 beyond"
+    )
+    failed_login_audits_per_minute: int = Field(
+        default=10, ge=1, description="audit entries of failed logins per username and minute"
+    )
+    failed_login_audits_overall: int = Field(
+        default=300, ge=1, description="audit entries of failed logins per minute in all"
+    )
     admin_requires_mfa: bool = Field(
         default=False,
         description="changes through the admin API need a login session (password + TOTP), "

@@ -63,12 +63,13 @@ def _identity(principal: Principal) -> Identity:
 
 
 @router.post("/login", response_model=LoginResponse, dependencies=[Depends(Public())])
-def login(
+async def login(
     body: LoginRequest, services: ServicesDep, request: Request, response: Response
 ) -> LoginResponse:
     """Log in with username, password and the current one-time code."""
     services.login_throttle.check(request.client.host if request.client else "unknown")
-    session = services.control.users.login(body.username, body.password, body.code)
+    users = services.control.users
+    session = await services.password_pool.run(users.login, body.username, body.password, body.code)
     response.headers.update(NO_STORE)
     return LoginResponse(
         token=session.token,

@@ -23,7 +23,7 @@ from inhouse.gateway.recording import Recording
 from inhouse.monitor.metrics import GatewayMetrics
 from inhouse.protocol.body import BodyBounds
 from inhouse.registry.models import BUILTIN_MODEL_NAME
-from inhouse.security.login_throttle import LoginThrottle
+from inhouse.security.login_throttle import LoginThrottle, PasswordPool
 from inhouse.tenancy.admission import Limiter, LocalLimiter
 from inhouse.tenancy.auth import Authenticator
 from inhouse.tenancy.metering import UsageRecorder
@@ -45,6 +45,7 @@ class Services:
     admission: Admission
     pipeline: Pipeline
     login_throttle: LoginThrottle
+    password_pool: PasswordPool
     housekeeping: tuple[Periodic, ...]
     fleet: FleetMonitor
     body_bounds: BodyBounds
@@ -72,6 +73,7 @@ class Services:
         await self.fleet.close()
         await self.engines.close()
         await self.admission.limiter.close()
+        self.password_pool.close()
         await self.recorder.close()
         self.control.db.dispose()
 
@@ -142,6 +144,7 @@ def build_services(settings: Settings) -> Services:
         fleet=fleet,
         body_bounds=body_bounds(settings),
         login_throttle=LoginThrottle(settings.auth.login_attempts_per_minute),
+        password_pool=PasswordPool(settings.auth.login_workers, settings.auth.login_queue),
         housekeeping=(
             Periodic(
                 "key rotation",

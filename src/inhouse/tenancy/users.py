@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
@@ -29,6 +29,7 @@ from inhouse.errors import (
 from inhouse.security.api_keys import ApiKeyHasher, new_id
 from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.security.keyring import Keyring
+from inhouse.security.login_throttle import FailureAudit
 from inhouse.security.passwords import hash_password, verify_password
 from inhouse.security.sealed_columns import user_totp_context
 from inhouse.security.totp import matching_step, new_totp_secret, provisioning_uri
@@ -95,6 +96,9 @@ class UserService:
         self._keyring = keyring
         self._audit = audit
         self._settings = settings
+        self._failure_audit = FailureAudit(
+            settings.failed_login_audits_per_minute, settings.failed_login_audits_overall
+        )
 
     # -- administration -----------------------------------------------------------------
 
@@ -203,8 +207,17 @@ class UserService:
     ) -> NewSession:
         """A session for the right password and a fresh TOTP code; every try is audited."""
         outcome = self._try_login(username, password, code, now or utcnow())
-        self._audit.record(outcome.event)
-        if outcome.error is not None:
+        event = outcome.event
+        if outcome.error is None:
+            self._audit.record(event)
+        else:
+            # A flood of failures is audited at a bounded rate; what was held back is
+            # counted in the next entry (the lockout counts every failure regardless).
+            write, held_back = self._failure_audit.admit(username[:64])
+            if write:
+                if held_back:
+                    event = replace(event, details={**event.details, "held_back": held_back})
+                self._audit.record(event)
             raise outcome.error
         assert outcome.session is not None
         return outcome.session
