@@ -120,6 +120,11 @@ class GatewaySettings(BaseModel):
     quota_cache_seconds: float = Field(
         default=2.0, ge=0.0, description="how long a tenant's quotas are cached per replica"
     )
+    secret_variables: list[str] = Field(
+        default_factory=list,
+        description="environment variables, besides INHOUSE_UPSTREAM_* and "
+        "INHOUSE_NODE_TOKEN*, that a model entry or a node may name as its key or token",
+    )
     quota_failure_mode: QuotaFailureMode = QuotaFailureMode.CLOSED
     default_max_tokens: int = Field(
         default=4096,

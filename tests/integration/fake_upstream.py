@@ -32,6 +32,8 @@ class FakeUpstream:
     """How long each answer takes, so that requests overlap."""
     full_completions: bool = False
     """Answer with exactly max_tokens completion tokens, as a model that never stops early."""
+    redirect_to: str | None = None
+    """Answer every request with a redirect there (307 keeps the method and the body)."""
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -71,6 +73,8 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self.received.append(Received(request.path, dict(request.headers), body))
+        if self.redirect_to is not None:
+            return web.Response(status=307, headers={"Location": self.redirect_to})
         if self.fail_status is not None:
             error = {"message": "upstream says no", "type": "invalid_request_error", "code": "nope"}
             return web.json_response({"error": error}, status=self.fail_status)

@@ -174,14 +174,14 @@ def test_in_the_background_ejection_and_readmission_take_a_few_polls(
 def test_an_openai_node_is_polled_with_its_own_token(
     registry: NodeRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EDGE_TOKEN", "edge-secret")
+    monkeypatch.setenv("INHOUSE_NODE_TOKEN_EDGE", "edge-secret")
     with FakeVllm(models=("llama",), token="edge-secret", serve_metrics=False) as server:
         node = registry.add(
             server.url,
             tier="edge",
             kind="openai",
             models={"llama": "llama"},
-            token_env="EDGE_TOKEN",
+            token_env="INHOUSE_NODE_TOKEN_EDGE",
             actor="t",
         )
 

@@ -145,14 +145,14 @@ def test_the_gateway_reaches_the_node_over_mutual_tls(
     gateway = InhouseProcess(
         tmp_path / "gateway-data",
         builtin_model=False,
-        NODE_TOKEN_FOR_GATEWAY=TOKEN,
+        INHOUSE_UPSTREAM_NODE_TLS=TOKEN,
         INHOUSE_GATEWAY__UPSTREAM_CA_FILE=str(pki.ca),
         INHOUSE_GATEWAY__UPSTREAM_CLIENT_CERT_FILE=str(pki.gateway_cert),
         INHOUSE_GATEWAY__UPSTREAM_CLIENT_KEY_FILE=str(pki.gateway_key),
     )
     gateway.cli(
         "models", "add", "edge", "--url", f"{node.base_url}/v1",
-        "--upstream-model", MODEL, "--api-key-env", "NODE_TOKEN_FOR_GATEWAY",
+        "--upstream-model", MODEL, "--api-key-env", "INHOUSE_UPSTREAM_NODE_TLS",
     )  # fmt: skip
     gateway.start()
     try:

@@ -85,7 +85,7 @@ def test_add_detects_vllm_and_asks_it_for_its_models_with_the_token(tmp_path: Pa
 
 
 def test_add_detects_any_other_openai_server_and_keeps_the_given_options(tmp_path: Path) -> None:
-    process = cli(tmp_path, GPU_TOKEN="llama-token")
+    process = cli(tmp_path, INHOUSE_NODE_TOKEN_GPU="llama-token")
     process.cli("tenants", "create", "bank")
     with FakeVllm(models=("llama-3-8b",), token="llama-token", serve_metrics=False) as server:
         added = process.cli(
@@ -99,7 +99,7 @@ def test_add_detects_any_other_openai_server_and_keeps_the_given_options(tmp_pat
             "--models",
             "llama=llama-3-8b,chat",
             "--token-env",
-            "GPU_TOKEN",
+            "INHOUSE_NODE_TOKEN_GPU",
             "--capacity",
             "4",
             "--cost-per-1k",
@@ -145,7 +145,7 @@ def test_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         for args, says in [
             (("--name", "gpu"), "already exists"),
             (("--name", "other"), "already registered as node 'gpu'"),
-            (("--token-env", "INHOUSE_SECRET_KEY", "--name", "x"), "own settings"),
+            (("--token-env", "INHOUSE_SECRET_KEY", "--name", "x"), "may not be sent upstream"),
             (("--memory", "lots", "--name", "x"), "invalid memory"),
             (("--label", "novalue", "--name", "x"), "key=value"),
             (("--capacity", "0", "--name", "x"), "capacity"),

@@ -20,7 +20,9 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InhouseProcess, str]]:
     server = InhouseProcess(
-        tmp_path_factory.mktemp("relay") / "data", builtin_model=False, UPSTREAM_TOKEN="s3cret"
+        tmp_path_factory.mktemp("relay") / "data",
+        builtin_model=False,
+        INHOUSE_UPSTREAM_TOKEN="s3cret",
     ).start()
     try:
         yield server, server.new_key("apps")
@@ -29,7 +31,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InhousePro
 
 
 def add_model(server: InhouseProcess, name: str, upstream: FakeUpstream, *key_options: str) -> None:
-    key_options = key_options or ("--api-key-env", "UPSTREAM_TOKEN")
+    key_options = key_options or ("--api-key-env", "INHOUSE_UPSTREAM_TOKEN")
     server.cli(
         "models", "add", name, "--url", upstream.url, "--upstream-model", "big-model", *key_options
     )
@@ -143,3 +145,22 @@ def test_a_broken_stream_ends_with_an_error_event(relay: tuple[InhouseProcess, s
     assert response.status_code == 200
     assert '"error"' in lines[-1]
     assert "[DONE]" not in lines[-1]
+
+
+def test_an_upstream_redirect_is_not_followed(relay: tuple[InhouseProcess, str]) -> None:
+    """Written as the attack: an upstream (or someone on its path) answers with a redirect
+    to a collector, hoping the gateway sends the request and its key there."""
+    server, key = relay
+    with FakeUpstream() as collector, FakeUpstream() as upstream:
+        upstream.redirect_to = f"{collector.url}/chat/completions"
+        add_model(server, "redirecting", upstream)
+        answer = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            json={"model": "redirecting", "messages": MESSAGES},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert answer.status_code == 502
+        assert len(upstream.received) == 1
+        assert upstream.received[0].headers["Authorization"] == "Bearer s3cret"
+        assert collector.received == []

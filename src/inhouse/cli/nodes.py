@@ -23,8 +23,9 @@ from inhouse.engine.remote import create_session
 from inhouse.errors import InhouseError
 from inhouse.fleet.health import HttpProber
 from inhouse.fleet.nodes import NodeKind, NodeSpec
-from inhouse.fleet.registry import NODE_TOKEN_ENV, check_token_env, normalise_url, read_token
+from inhouse.fleet.registry import NODE_TOKEN_ENV, normalise_url
 from inhouse.protocol.types import Tier
+from inhouse.security.secret_variables import SecretVariables
 from inhouse.tenancy.quotas import parse_bytes
 
 app = typer.Typer(help="Fleet nodes: remote model servers the gateway routes to, by tier.")
@@ -116,15 +117,16 @@ def add(
 ) -> None:
     """Register a node. Without --kind or --models, the node is asked (with its token)."""
     settings = settings_or_exit()
+    secrets = SecretVariables(settings.gateway.secret_variables)
     try:
         base = normalise_url(url)
-        check_token_env(token_env)
+        secrets.check(token_env, param="token_env")
         memory_bytes = parse_bytes(memory, "memory") if memory is not None else None
     except InhouseError as exc:
         raise fail(exc.message) from None
     given = parse_models(models) if models is not None else None
     labels = parse_labels(label)
-    token = read_token(token_env)
+    token = secrets.read(token_env)
     if token is None:
         error_console.print(
             f"warning: {token_env} is not set here: the node is asked without a token",

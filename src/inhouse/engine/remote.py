@@ -94,7 +94,10 @@ class UpstreamClient:
     async def post_json(self, path: str, body: JsonObject) -> JsonObject:
         try:
             async with self._session.post(
-                self._url(path), data=orjson.dumps(body), headers=self._headers
+                self._url(path),
+                data=orjson.dumps(body),
+                headers=self._headers,
+                allow_redirects=False,  # a redirect would carry the key to another server
             ) as response:
                 payload = await response.read()
                 if response.status != 200:
@@ -109,7 +112,10 @@ class UpstreamClient:
         """Start a streamed request; fails here (before any byte is sent on) if refused."""
         try:
             response = await self._session.post(
-                self._url(path), data=orjson.dumps(body), headers=self._headers
+                self._url(path),
+                data=orjson.dumps(body),
+                headers=self._headers,
+                allow_redirects=False,
             )
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from exc

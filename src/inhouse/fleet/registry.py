@@ -6,16 +6,15 @@ gateway (``register_self``, upserted by URL, repeated as a heartbeat).
 
 A node's bearer token is never stored: a node names the gateway's environment variable
 that holds it (``token_env``, by default ``INHOUSE_NODE_TOKEN``, the fleet's token), and
-``read_token`` is the one place that reads it. inhouse's own settings (``INHOUSE_*``)
-other than the node token and ``INHOUSE_UPSTREAM_*`` are refused as token variables, so
-that an operator cannot make the gateway send its own secrets to a node.
+``NodeRegistry.token`` is the one place that reads it: only a variable the secret rule
+allows (``security.secret_variables``), checked at registration and again at each read,
+so that a row in the store cannot make the gateway send another of its secrets to a node.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ from sqlalchemy.orm import Session
 from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
 from inhouse.fleet.nodes import NodeKind, NodeSpec
 from inhouse.protocol.types import Tier
-from inhouse.registry.models import ENV_VAR_NAME, MODEL_NAME
+from inhouse.registry.models import MODEL_NAME
 from inhouse.security.api_keys import new_id
 from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.security.secret_variables import SecretVariables
 from inhouse.store.db import Database
 from inhouse.store.tables import NodeRow, TenantRow, utcnow
 
@@ -104,32 +104,6 @@ def default_name(url: str) -> str:
     host = (parts.hostname or "node").replace("[", "").replace("]", "")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{host}-{port}"[:128]
-
-
-def check_token_env(variable: str) -> str:
-    """The variable, if it may name a node's token; raises InvalidRequestError if not."""
-    if not ENV_VAR_NAME.match(variable) or len(variable) > 128:
-        raise InvalidRequestError(f"invalid variable name {variable!r}", param="token_env")
-    upper = variable.upper()
-    if (
-        upper.startswith("INHOUSE_")
-        and upper != NODE_TOKEN_ENV
-        and not upper.startswith("INHOUSE_UPSTREAM_")
-    ):
-        raise InvalidRequestError(
-            f"{variable} is one of inhouse's own settings and is never sent to a node; use "
-            f"{NODE_TOKEN_ENV}, an INHOUSE_UPSTREAM_* variable or one outside INHOUSE_*",
-            param="token_env",
-        )
-    return variable
-
-
-def read_token(token_env: str) -> str | None:
-    """The bearer token for a node, read from the gateway's environment; None when the
-    variable is unset or empty. The one place that reads node tokens."""
-    check_token_env(token_env)  # a value from the store is checked again before it is used
-    value = os.environ.get(token_env, "").strip()
-    return value or None
 
 
 def check_models(models: Mapping[str, str]) -> dict[str, str]:
@@ -240,9 +214,12 @@ class NodeRegistry:
     """The fleet's nodes in the store. Every method raises an ``inhouse.errors`` error
     (400 invalid, 404 unknown, 409 taken) on failure; none returns None for one."""
 
-    def __init__(self, db: Database, audit: AuditLog) -> None:
+    def __init__(
+        self, db: Database, audit: AuditLog, secrets: SecretVariables | None = None
+    ) -> None:
         self._db = db
         self._audit = audit
+        self.secrets = secrets or SecretVariables()
 
     def add(
         self,
@@ -280,7 +257,7 @@ class NodeRegistry:
             memory_bytes=_check_memory(memory_bytes),
             cost_per_1k_tokens=_check_cost(cost_per_1k_tokens),
             labels=_json(check_labels(labels or {})),
-            token_env=check_token_env(token_env),
+            token_env=self.secrets.check(token_env, param="token_env"),
             fallback=fallback,
             created_at=now,
             updated_at=now,
@@ -384,8 +361,9 @@ class NodeRegistry:
         raise ConflictError(f"node {name!r} is being registered by someone else; retry")
 
     def token(self, spec: NodeSpec) -> str | None:
-        """The bearer token the gateway sends to ``spec`` (``read_token`` of its variable)."""
-        return read_token(spec.token_env)
+        """The bearer token the gateway sends to ``spec``, read from its variable (an
+        allowed one only); None when it is unset or empty."""
+        return self.secrets.read(spec.token_env)
 
     def _refuse_taken(self, session: Session, name: str, url: str) -> None:
         taken = session.scalar(select(NodeRow).where((NodeRow.name == name) | (NodeRow.url == url)))

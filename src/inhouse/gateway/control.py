@@ -22,6 +22,7 @@ from inhouse.security.key_provider import load_master_key
 from inhouse.security.key_rotation import KeyRotation
 from inhouse.security.keyring import Keyring
 from inhouse.security.secret_file import resolve_secret_key
+from inhouse.security.secret_variables import SecretVariables
 from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.store.tables import utcnow
@@ -68,7 +69,9 @@ def open_control(settings: Settings) -> Control:
     keyring = Keyring(db, load_master_key(settings), settings.crypto.algorithm)
     audit = AuditLog(db, secret, keyring)
     tenants = TenantService(db, hasher, audit)
-    registry = ModelRegistry(db, keyring, audit)
+    secrets = SecretVariables(settings.gateway.secret_variables)
+    registry = ModelRegistry(db, keyring, audit, secrets)
+    registry.bind_sealed_keys()
     written = tenants.bootstrap_platform(settings.admin_key_file)
     if written is not None:
         audit.record(AuditEvent("system", "platform.bootstrap", target=str(written.name)))
@@ -85,6 +88,6 @@ def open_control(settings: Settings) -> Control:
         keyring=keyring,
         users=UserService(db, hasher, keyring, audit, settings.auth, tenants),
         flows=FlowStore(db, default_registry(), audit),
-        nodes=NodeRegistry(db, audit),
+        nodes=NodeRegistry(db, audit, secrets),
         admin_key_written=written,
     )

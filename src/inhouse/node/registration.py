@@ -127,7 +127,11 @@ class Registrar:
         body = orjson.dumps(registration.body(self._capacity()))
         try:
             async with session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=10),
+                allow_redirects=False,
             ) as response:
                 if response.status == 200:
                     return None

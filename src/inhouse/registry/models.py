@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,20 +15,25 @@ from sqlalchemy.orm import Session
 
 from inhouse.errors import (
     ConflictError,
+    EngineUnavailableError,
     InvalidRequestError,
     NotFoundError,
     QuotaExceededError,
 )
 from inhouse.security.api_keys import new_id
 from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.security.envelope import DecryptionError
 from inhouse.security.keyring import Keyring
-from inhouse.security.sealed_columns import model_api_key_context
+from inhouse.security.sealed_columns import (
+    legacy_model_api_key_context,
+    model_api_key_context,
+)
+from inhouse.security.secret_variables import SecretVariables
 from inhouse.store.db import Database
 from inhouse.store.tables import ModelRow, utcnow
 
 BUILTIN_MODEL_NAME = "smollm2-135m-instruct"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ModelKind(StrEnum):
@@ -88,11 +92,6 @@ def _entry(row: ModelRow) -> ModelEntry:
     )
 
 
-def _names_own_setting(variable: str) -> bool:
-    upper = variable.upper()
-    return upper.startswith("INHOUSE_") and not upper.startswith("INHOUSE_UPSTREAM_")
-
-
 def _check_name(name: str) -> None:
     if name.startswith("flow:") or not MODEL_NAME.match(name):
         raise InvalidRequestError(
@@ -114,10 +113,17 @@ class TenantOwner:
 class ModelRegistry:
     """Model entries in the store; each addition and removal audited in its transaction."""
 
-    def __init__(self, db: Database, keyring: Keyring, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        audit: AuditLog,
+        secrets: SecretVariables | None = None,
+    ) -> None:
         self._db = db
         self._keyring = keyring
         self._audit = audit
+        self._secrets = secrets or SecretVariables()
 
     def list(self) -> list[ModelEntry]:
         with self._db.session() as session:
@@ -172,14 +178,8 @@ class ModelRegistry:
             raise InvalidRequestError(
                 f"invalid URL {url!r}: use http(s)://host[:port]/v1", param="url"
             )
-        if api_key_env is not None and not ENV_VAR_NAME.match(api_key_env):
-            raise InvalidRequestError(f"invalid variable name {api_key_env!r}", param="api_key_env")
-        if api_key_env is not None and _names_own_setting(api_key_env):
-            raise InvalidRequestError(
-                f"{api_key_env} is one of inhouse's own settings and is never sent upstream; "
-                "use another variable (INHOUSE_UPSTREAM_* is allowed)",
-                param="api_key_env",
-            )
+        if api_key_env is not None:
+            self._secrets.check(api_key_env, param="api_key_env")
         row = ModelRow(
             name=name,
             kind=ModelKind.REMOTE.value,
@@ -200,10 +200,43 @@ class ModelRegistry:
         return self._audit.audited(remove)
 
     def upstream_api_key(self, entry: ModelEntry) -> str | None:
-        """The key to send upstream: opened from the store, or read from its variable."""
+        """The key to send upstream: opened from the store (it opens only for the entry's
+        own URL), or read from its variable (only an allowed one, checked again here)."""
         if entry.api_key_sealed is not None:
-            return self._keyring.decrypt_text(entry.api_key_sealed, model_api_key_context(entry.id))
-        return os.environ.get(entry.api_key_env) if entry.api_key_env else None
+            context = model_api_key_context(entry.id, entry.url)
+            try:
+                return self._keyring.decrypt_text(entry.api_key_sealed, context)
+            except DecryptionError:
+                raise EngineUnavailableError(
+                    f"the upstream key of model {entry.name!r} does not open for its URL: the "
+                    "entry was changed outside inhouse; remove the model and add it again"
+                ) from None
+        return self._secrets.read(entry.api_key_env) if entry.api_key_env else None
+
+    def bind_sealed_keys(self) -> int:
+        """Re-seal keys sealed before they were bound to their URL; returns how many."""
+        bound = 0
+        with self._db.session() as session:
+            for row in session.scalars(
+                select(ModelRow).where(ModelRow.api_key_sealed.is_not(None))
+            ):
+                assert row.api_key_sealed is not None
+                try:
+                    self._keyring.decrypt(
+                        row.api_key_sealed, model_api_key_context(row.id, row.url)
+                    )
+                    continue
+                except DecryptionError:
+                    legacy = legacy_model_api_key_context(row.id)
+                    try:
+                        plain = self._keyring.decrypt(row.api_key_sealed, legacy)
+                    except DecryptionError:
+                        continue  # tampered with: it stays unreadable
+                row.api_key_sealed = self._keyring.encrypt(
+                    plain, model_api_key_context(row.id, row.url)
+                )
+                bound += 1
+        return bound
 
     def _insert(
         self,
@@ -215,7 +248,8 @@ class ModelRegistry:
     ) -> ModelEntry:
         row.id = new_id("mdl")
         if api_key is not None:
-            row.api_key_sealed = self._keyring.encrypt(api_key, model_api_key_context(row.id))
+            context = model_api_key_context(row.id, row.url)
+            row.api_key_sealed = self._keyring.encrypt(api_key, context)
         row.created_at = utcnow()
         row.tenant_id = owner.tenant_id if owner is not None else None
 

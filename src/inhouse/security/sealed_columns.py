@@ -30,10 +30,13 @@ class SealedColumn:
     table: Table
     key_name: str
     value_name: str
-    context: Callable[[Any], str]
-    """The context a row's value is sealed under, from the row's key."""
+    context: Callable[..., str]
+    """The context a row's value is sealed under, from the row's key (and ``bound_to``)."""
     seal_plaintext: bool = True
     """Seal values written before encryption existed (plain text) when rewrapping."""
+    bound_to: tuple[str, ...] = ()
+    """More columns of the row the context names: a value moved to a row that differs in
+    them (a model entry pointed at another URL) no longer opens."""
 
     @property
     def name(self) -> str:
@@ -52,7 +55,13 @@ def audit_details_context(seq: Any) -> str:
     return f"audit:{seq}"
 
 
-def model_api_key_context(model_id: Any) -> str:
+def model_api_key_context(model_id: Any, url: Any) -> str:
+    """An upstream's key opens only for its model entry and the URL it was given for."""
+    return f"model:{model_id}:api_key:{url}"
+
+
+def legacy_model_api_key_context(model_id: Any) -> str:
+    """How keys were sealed before they were bound to their URL (re-sealed at start-up)."""
     return f"model:{model_id}:api_key"
 
 
@@ -62,7 +71,13 @@ def user_totp_context(user_id: Any) -> str:
 
 SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     SealedColumn(cast(Table, AuditRow.__table__), "seq", "details", audit_details_context),
-    SealedColumn(cast(Table, ModelRow.__table__), "id", "api_key_sealed", model_api_key_context),
+    SealedColumn(
+        cast(Table, ModelRow.__table__),
+        "id",
+        "api_key_sealed",
+        model_api_key_context,
+        bound_to=("url",),
+    ),
     SealedColumn(
         cast(Table, UserRow.__table__),
         "id",
@@ -112,15 +127,16 @@ def rewrap(
         done = 0
         cursor: Any = None
         while should_stop is None or not should_stop():
-            query = select(column.key, column.value).where(
+            bound = [column.table.c[name] for name in column.bound_to]
+            query = select(column.key, column.value, *bound).where(
                 column.value.is_not(None), _stale(column, current)
             )
             if cursor is not None:
                 query = query.where(column.key > cursor)
             with db.session() as session:
                 rows = session.execute(query.order_by(column.key).limit(batch_size)).all()
-                for key, value in rows:
-                    context = column.context(key)
+                for key, value, *bound_values in rows:
+                    context = column.context(key, *bound_values)
                     plaintext = keyring.decrypt(value, context) if is_sealed(value) else value
                     resealed = keyring.encrypt(plaintext, context)
                     result = session.execute(

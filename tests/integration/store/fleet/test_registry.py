@@ -14,10 +14,8 @@ from inhouse.fleet.nodes import NodeKind
 from inhouse.fleet.registry import (
     NodeRegistry,
     Registration,
-    check_token_env,
     default_name,
     normalise_url,
-    read_token,
 )
 from inhouse.protocol.types import Tier
 from inhouse.security.api_keys import ApiKeyHasher
@@ -65,7 +63,7 @@ def test_add_list_get_remove(registry: NodeRegistry, audit: AuditLog) -> None:
         memory_bytes=80 * 2**30,
         cost_per_1k_tokens=0.002,
         labels={"site": "shanghai", "rack": "r12"},
-        token_env="GPU_TOKEN",
+        token_env="INHOUSE_NODE_TOKEN_GPU",
         actor="cli:ops",
     )
     assert edge.name == "gpu-1-8000" and edge.url == "http://gpu-1:8000/v1"
@@ -179,28 +177,30 @@ def test_urls_are_normalised_to_the_openai_base() -> None:
     assert default_name("https://dc.example/v1") == "dc.example-443"
 
 
-def test_token_variables_follow_the_upstream_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert check_token_env("INHOUSE_NODE_TOKEN") == "INHOUSE_NODE_TOKEN"
-    assert check_token_env("INHOUSE_UPSTREAM_GPU") == "INHOUSE_UPSTREAM_GPU"
-    assert check_token_env("GPU_TOKEN") == "GPU_TOKEN"
-    for own in ("INHOUSE_SECRET_KEY", "INHOUSE_DATABASE_URL", "INHOUSE_NODE_TOKENS"):
-        with pytest.raises(InvalidRequestError, match="own settings"):
-            check_token_env(own)
-    monkeypatch.setenv("GPU_TOKEN", " t0ken \n")
-    monkeypatch.delenv("UNSET_TOKEN", raising=False)
-    assert read_token("GPU_TOKEN") == "t0ken"
-    assert read_token("UNSET_TOKEN") is None
-
-
 def test_the_registry_reads_a_nodes_token_from_its_variable(
     registry: NodeRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     node = registry.add("http://h/v1", tier="edge", kind="vllm", models={"m": "m"},
-                        token_env="EDGE_TOKEN", actor="x")  # fmt: skip
-    monkeypatch.setenv("EDGE_TOKEN", "edge-secret")
+                        token_env="INHOUSE_NODE_TOKEN_EDGE", actor="x")  # fmt: skip
+    monkeypatch.setenv("INHOUSE_NODE_TOKEN_EDGE", "edge-secret")
     assert registry.token(node) == "edge-secret"
-    monkeypatch.setenv("EDGE_TOKEN", "")
+    monkeypatch.setenv("INHOUSE_NODE_TOKEN_EDGE", "")
     assert registry.token(node) is None
+
+
+def test_a_node_row_pointed_at_another_variable_sends_nothing(
+    registry: NodeRegistry, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written as the attack: write access to the database, a node row edited to name a
+    secret of the gateway's process. The token is not read, so it is never sent."""
+    node = registry.add("http://h/v1", tier="edge", kind="vllm", models={"m": "m"},
+                        token_env="INHOUSE_NODE_TOKEN_EDGE", actor="x")  # fmt: skip
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-cloud-password")
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE nodes SET token_env = 'AWS_SECRET_ACCESS_KEY' WHERE name = 'h-80'"
+        )
+    assert registry.token(registry.get(node.name)) is None
 
 
 def test_self_registration_upserts_by_url_and_audits_only_changes(

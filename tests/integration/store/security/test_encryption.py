@@ -146,7 +146,9 @@ def _seal_models(db: Database, keyring: Keyring, count: int) -> dict[str, str]:
             name=f"upstream-{model_id}",
             kind="remote",
             url="http://upstream.invalid/v1",
-            api_key_sealed=keyring.encrypt(secret, model_api_key_context(model_id)),
+            api_key_sealed=keyring.encrypt(
+                secret, model_api_key_context(model_id, "http://upstream.invalid/v1")
+            ),
             created_at=utcnow(),
         )
         for model_id, secret in plaintexts.items()
@@ -160,7 +162,9 @@ def _opened(db: Database, keyring: Keyring) -> dict[str, str]:
     with db.session() as session:
         stored = session.execute(select(ModelRow.id, ModelRow.api_key_sealed)).all()
     return {
-        model_id: keyring.decrypt_text(value, model_api_key_context(model_id))
+        model_id: keyring.decrypt_text(
+            value, model_api_key_context(model_id, "http://upstream.invalid/v1")
+        )
         for model_id, value in stored
     }
 
@@ -200,7 +204,8 @@ def test_ten_thousand_records_survive_rotation_and_a_resumed_rewrap_beside_a_wri
                     .where(ModelRow.id == model_id)
                     .values(
                         api_key_sealed=stale_gateway.encrypt(
-                            expected[model_id], model_api_key_context(model_id)
+                            expected[model_id],
+                            model_api_key_context(model_id, "http://upstream.invalid/v1"),
                         )
                     )
                 )
