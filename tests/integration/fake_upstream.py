@@ -32,6 +32,8 @@ class FakeUpstream:
     """How long each answer takes, so that requests overlap."""
     full_completions: bool = False
     """Answer with exactly max_tokens completion tokens, as a model that never stops early."""
+    word_seconds: float = 0.0
+    """How long each streamed word takes, for streams that are cut midway."""
     redirect_to: str | None = None
     """Answer every request with a redirect there (307 keeps the method and the body)."""
     received: list[Received] = field(default_factory=list)
@@ -107,6 +109,8 @@ class FakeUpstream:
                 delta = {"index": 0, "text": word + " ", "finish_reason": None}
             chunk = {**base, "object": kind, "choices": [delta]}
             await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            if self.word_seconds:
+                await asyncio.sleep(self.word_seconds)
             if self.break_stream:
                 request.transport.close()  # type: ignore[union-attr]
                 return response

@@ -79,3 +79,45 @@ def usage_request_ids(data_dir: Path) -> list[str]:
         ids = [row[0] for row in connection.execute(text("SELECT request_id FROM usage_records"))]
     engine.dispose()
     return ids
+
+
+def test_a_stream_cut_by_a_kill_bills_what_it_sent(tmp_path: Path) -> None:
+    """Written as the attack: a long stream, and the gateway killed (SIGKILL) midway, its
+    usage never settled. What it sent was journalled as it went, and is billed."""
+    server = InhouseProcess(
+        tmp_path / "data", builtin_model=False, INHOUSE_METERING__FLUSH_INTERVAL_SECONDS="30"
+    )
+    server.start()
+    words = " ".join(f"w{n}" for n in range(400))
+    with FakeUpstream(reply_text=words, word_seconds=0.01) as upstream:
+        key = server.new_key("acme")
+        server.cli("models", "add", "llm", "--url", upstream.url)
+        wait_for_model(server, key)
+        body = {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        received = 0
+        with (
+            httpx.Client(base_url=server.base_url, timeout=30) as http,
+            http.stream(
+                "POST",
+                "/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as response,
+        ):
+            request_id = response.headers["x-request-id"]
+            for line in response.iter_lines():
+                received += line.startswith("data: {")
+                if received == 150:
+                    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+                    break
+    server.start()  # replays the journal
+    server.stop()
+    engine = create_engine(f"sqlite:///{server.data_dir / 'inhouse.db'}")
+    with engine.connect() as connection:
+        status, completion = connection.execute(
+            text("SELECT status_code, completion_tokens FROM usage_records WHERE request_id = :r"),
+            {"r": request_id},
+        ).one()
+    engine.dispose()
+    assert status == 0  # in progress when the process died
+    assert 100 <= completion <= 150  # at most 32 tokens or a quarter second behind

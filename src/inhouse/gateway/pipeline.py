@@ -189,6 +189,7 @@ class Pipeline:
             include_usage=ctx.request.include_usage_in_stream,
             on_end=ended,
             headers=stream.origin.headers,
+            progress=lambda usage: self.recording.stream_progress(ctx, usage),
         )
 
     def _flows(self) -> FlowStage:

@@ -44,6 +44,13 @@ class Recording:
         """Journal a stream as in progress: a gateway killed midway still leaves its row."""
         self._recorder.record(self._usage_event(ctx, IN_PROGRESS, TokenUsage(), 0.0))
 
+    def stream_progress(self, ctx: RequestContext, usage: TokenUsage) -> None:
+        """Journal what a running stream has used so far: killed with SIGKILL, the gateway
+        still bills what it sent (the row stays in progress, status 0)."""
+        if not ctx.recorded:
+            seconds = self.clock() - ctx.started
+            self._recorder.record(self._usage_event(ctx, IN_PROGRESS, usage, seconds))
+
     def finish(self, ctx: RequestContext) -> None:
         """Settle, count and record the request; a second call does nothing."""
         if ctx.recorded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,16 +34,38 @@ class StreamTally:
     usage: TokenUsage = field(default_factory=TokenUsage)
 
 
+PROGRESS_TOKENS = 32
+PROGRESS_SECONDS = 0.25
+"""A stream's usage so far is reported this often (whichever comes first)."""
+
+Progress = Callable[[TokenUsage], None]
+
+
 async def encode(
-    chunks: AsyncIterator[Chunk], *, include_usage: bool, tally: StreamTally
+    chunks: AsyncIterator[Chunk],
+    *,
+    include_usage: bool,
+    tally: StreamTally,
+    progress: Progress | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The chunks as events, then ``[DONE]``; an engine error midway ends the stream with
     an error event. Usage reports (a ``usage`` field) reach the client only when it asked
-    for them (``stream_options.include_usage``); a usage-only chunk is then dropped."""
+    for them (``stream_options.include_usage``); a usage-only chunk is then dropped.
+    ``progress`` gets the usage so far every ``PROGRESS_TOKENS`` completion tokens or
+    ``PROGRESS_SECONDS``, so that a process killed midway has journalled what it sent."""
+    reported_tokens, reported_at = 0, time.monotonic()
     try:
         async for chunk in chunks:
             if chunk.usage is not None:
                 tally.usage = chunk.usage
+                if progress is not None:
+                    tokens, now = chunk.usage.completion_tokens, time.monotonic()
+                    due = now - reported_at >= PROGRESS_SECONDS
+                    if tokens > reported_tokens and (
+                        tokens - reported_tokens >= PROGRESS_TOKENS or due
+                    ):
+                        progress(chunk.usage)
+                        reported_tokens, reported_at = tokens, now
             payload = chunk.payload
             if not include_usage and payload.get("usage") is not None:
                 if not payload.get("choices"):
@@ -64,6 +87,7 @@ def stream_reply(
     include_usage: bool,
     on_end: Callable[[StreamTally], None],
     headers: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> StreamReply:
     """A stream of ``chunks`` as a reply. When it ends, however it ends (finished, broken,
     closed, or its client gone before the first event, when ``chunks`` never started),
@@ -79,7 +103,7 @@ def stream_reply(
             on_end(tally)
 
     async def events() -> AsyncGenerator[bytes, None]:
-        encoded = encode(chunks, include_usage=include_usage, tally=tally)
+        encoded = encode(chunks, include_usage=include_usage, tally=tally, progress=progress)
         try:
             async for item in encoded:
                 yield item
