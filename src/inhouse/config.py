@@ -217,6 +217,18 @@ class AuditSettings(BaseModel):
         "status; never prompts or answers)",
     )
     prune_check_seconds: float = Field(default=3600.0, gt=0.0)
+    checkpoint_seconds: float = Field(
+        default=60.0, gt=0.0, description="how often the chain's head is anchored outside"
+    )
+    checkpoint_file: Path | None = Field(
+        default=None, description="the append-only checkpoint file; default: in the data dir"
+    )
+    checkpoint_syslog: str | None = Field(
+        default=None, description="host:port of a syslog collector (UDP) for checkpoints"
+    )
+    checkpoint_webhook: str | None = Field(
+        default=None, description="a URL each checkpoint is POSTed to (JSON)"
+    )
 
 
 class FlowSettings(BaseModel):
@@ -392,6 +404,11 @@ class Settings(BaseSettings):
     @property
     def admin_key_file(self) -> Path:
         return self.data_dir / "admin.key"
+
+    @property
+    def audit_checkpoint_file(self) -> Path:
+        configured = self.audit.checkpoint_file
+        return configured if configured is not None else self.data_dir / "audit-checkpoints.jsonl"
 
     @property
     def usage_journal_dir(self) -> Path:

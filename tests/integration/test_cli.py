@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
 
 from tests.integration.server import InhouseProcess
 
@@ -60,3 +61,21 @@ def test_lists_are_never_truncated(tmp_path: Path) -> None:
     key_id = json.loads(cli.cli("keys", "list", "--json").stdout.splitlines()[0])["id"]
     assert key_id in cli.cli("keys", "list").stdout
     assert "a-rather-long-department-name-for-testing" in cli.cli("tenants", "list").stdout
+
+
+def test_audit_verify_names_the_newest_entries_deleted_after_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    cli = InhouseProcess(tmp_path / "data", builtin_model=False)
+    for name in ("alpha", "beta", "gamma"):
+        cli.cli("tenants", "create", name)
+    # bootstrap (tenant, key, platform.bootstrap), then the three tenants: six entries
+    assert "checkpoint written: entry 6" in cli.cli("audit", "checkpoint").stdout
+    assert "checkpoint: entry 6" in cli.cli("audit", "verify").stdout
+    engine = create_engine(f"sqlite:///{cli.data_dir / 'inhouse.db'}")
+    with engine.begin() as connection:  # someone erases the last two changes
+        connection.execute(text("DELETE FROM audit_events WHERE seq >= 5"))
+    engine.dispose()
+    erased = cli.cli("audit", "verify", check=False)
+    assert erased.returncode == 1
+    assert "entries 5 to 6 are missing" in erased.stderr

@@ -26,14 +26,34 @@ def _moment(value: str | None, option: str) -> datetime | None:
 
 @app.command("verify")
 def verify() -> None:
-    """Check the whole chain; exit 1 naming the first edited, deleted or moved entry."""
+    """Check the whole chain and that it still reaches its latest checkpoint; exit 1 naming
+    the first edited, deleted or moved entry, or the newest entries deleted."""
     with control_plane() as control:
         result = control.audit.verify()
+        anchored = control.audit_anchor.check()
         head = control.audit.head()
     if not result.ok:
         raise fail(f"the audit chain is broken at entry {result.first_bad_seq}: {result.problem}")
+    if not anchored.ok:
+        raise fail(f"the audit chain lost its newest entries: {anchored.problem}")
     where = f"; head: entry {head.seq}, {head.hash}" if head is not None else ""
+    checkpoint = anchored.checkpoint
+    if checkpoint is not None:
+        where += f"; checkpoint: entry {checkpoint.seq} at {checkpoint.at}"
     console.print(f"audit chain intact: {result.checked} entries{where}", highlight=False)
+
+
+@app.command("checkpoint")
+def checkpoint() -> None:
+    """Anchor the chain's head outside the database now (the gateway does it every minute)."""
+    with control_plane() as control:
+        taken = control.audit_anchor.checkpoint()
+        latest = control.audit_anchor.latest()
+    if latest is None:
+        console.print("the audit chain is empty: nothing to anchor", highlight=False)
+        return
+    said = "checkpoint written" if taken is not None else "already anchored"
+    console.print(f"{said}: entry {latest.seq} at {latest.at}", highlight=False)
 
 
 @app.command("export")

@@ -18,6 +18,7 @@ from inhouse.flows.store import FlowStore
 from inhouse.registry.models import ModelRegistry
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.security.audit_anchor import AuditAnchor
 from inhouse.security.key_provider import load_master_key
 from inhouse.security.key_rotation import KeyRotation
 from inhouse.security.keyring import Keyring
@@ -47,6 +48,7 @@ class Control:
     users: UserService
     flows: FlowStore
     nodes: NodeRegistry
+    audit_anchor: AuditAnchor
     admin_key_written: Path | None = None
 
     def prune_audit(self) -> int:
@@ -89,5 +91,12 @@ def open_control(settings: Settings) -> Control:
         users=UserService(db, hasher, keyring, audit, settings.auth, tenants),
         flows=FlowStore(db, default_registry(), audit),
         nodes=NodeRegistry(db, audit, secrets),
+        audit_anchor=AuditAnchor(
+            audit,
+            settings.audit_checkpoint_file,
+            secret,
+            syslog=settings.audit.checkpoint_syslog,
+            webhook=settings.audit.checkpoint_webhook,
+        ),
         admin_key_written=written,
     )

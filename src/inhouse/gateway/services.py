@@ -156,5 +156,10 @@ def build_services(settings: Settings) -> Services:
                 lambda _should_stop: control.prune_audit(),  # one statement: nothing to stop
                 settings.audit.prune_check_seconds,
             ),
+            Periodic(
+                "audit checkpoint",
+                control.audit_anchor.checkpoint,
+                settings.audit.checkpoint_seconds,
+            ),
         ),
     )

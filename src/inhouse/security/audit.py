@@ -17,8 +17,8 @@ Retention deletes the oldest entries (``prune``) after chaining an ``audit.prune
 that names the last deleted entry and its hash, so the shortened chain still verifies
 and a deletion at its start that no prune accounts for is found.
 
-What the chain cannot show on its own is the loss of its newest entries: compare the
-head (``AuditLog.head``) with one exported or recorded elsewhere for that.
+What the chain cannot show on its own is the loss of its newest entries: checkpoints of
+its head, kept outside the database (``audit_anchor``), show that.
 """
 
 from __future__ import annotations
@@ -232,6 +232,12 @@ class AuditLog:
         if rows:
             connection.execute(insert(AuditRow), rows)
         return entries
+
+    def entry(self, seq: int) -> AuditEntry | None:
+        """Entry ``seq``, or None when there is none (pruned, deleted, not yet written)."""
+        with self._db.session() as session:
+            row = session.get(AuditRow, seq)
+            return None if row is None else self._readable_entry(row)
 
     def head(self) -> AuditEntry | None:
         with self._db.session() as session:
