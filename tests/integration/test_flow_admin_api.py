@@ -124,7 +124,8 @@ def test_a_flow_is_tested_on_samples_without_being_published(world: World) -> No
     answered, refused = answer.json()["results"]
     assert answered["output"].startswith("Diversify")
     assert answered["output"].endswith("TEST")
-    assert [t["step"] for t in answered["trace"]] == ["clean", "terms", "refusal", "label"]
+    steps = [t["step"] for t in answered["trace"] if "variable" not in t["details"]]
+    assert steps == ["clean", "terms", "refusal", "label"]
     assert answered["usage"]["completion_tokens"] > 0
     assert refused["blocked"] == {"step": "refusal", "category": "insider"}
     assert "无法回答" in refused["output"]

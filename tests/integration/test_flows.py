@@ -129,7 +129,9 @@ def test_the_run_endpoint_gives_structured_output_and_a_trace_without_content(
     result = response.json()
     assert result["flow"] == "callback" and result["blocked"] is None
     assert result["output"].startswith("We will call 13800138000")
-    steps = [(t["step"], t["decision"]) for t in result["trace"]]
+    steps = [(t["step"], t["decision"]) for t in result["trace"] if "variable" not in t["details"]]
+    on_variables = {t["details"]["variable"] for t in result["trace"] if "variable" in t["details"]}
+    assert on_variables == {"branch"}  # {branch} went through the pre steps too
     assert steps == [
         ("features", "pass"),
         ("pii_mask", "masked"),
@@ -272,3 +274,28 @@ def test_a_json_flow_asks_the_model_once_more_then_refuses(
     assert "did not match the required JSON format" in repair[-1]["content"]
     assert result["blocked"] == {"step": "json", "category": "format"}
     assert result["usage"]["completion_tokens"] > 0
+
+
+def test_a_flows_only_key_cannot_call_the_model_around_its_flow(
+    setup: tuple[InhouseProcess, FakeUpstream, str, Path],
+) -> None:
+    """Written as the attack: an application key, meant for the flow and its compliance
+    steps, sends the same question to the flow's model directly."""
+    server, _, _, _ = setup
+    created = server.cli("keys", "create", "--tenant", "bank", "--flows-only", "--name", "app")
+    app_key = created.stdout.strip()
+    assert ask(server, app_key).model == "flow:callback"
+    around = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": "center", "messages": [{"role": "user", "content": "请回电 138 0013 8000"}]},
+        headers={"Authorization": f"Bearer {app_key}"},
+        timeout=30,
+    )
+    assert around.status_code == 403 and around.json()["error"]["code"] == "flows_only"
+    minted = httpx.post(
+        f"{server.base_url}/admin/tenants/bank/keys",
+        json={"name": "child"},
+        headers={"Authorization": f"Bearer {app_key}"},
+        timeout=30,
+    ).json()
+    assert minted["flows_only"] is True  # a key made with it is limited alike

@@ -88,7 +88,12 @@ def create_key(
     scope_tenant(principal, tenant, changes=True)
     authorize_key_role(principal, body.role)
     info, plaintext = services.control.tenants.create_key(
-        tenant, body.role, body.name, actor=principal.key_id, created_by=principal.key_id
+        tenant,
+        body.role,
+        body.name,
+        actor=principal.key_id,
+        created_by=principal.key_id,
+        flows_only=body.flows_only,
     )
     return KeyCreated(**KeyOut.of(info).model_dump(), key=plaintext)
 

@@ -59,6 +59,7 @@ class KeyOut(BaseModel):
     created_at: Timestamp
     revoked_at: Timestamp | None
     created_by: str | None
+    flows_only: bool = False
 
     @classmethod
     def of(cls, key: ApiKeyInfo) -> KeyOut:
@@ -71,6 +72,7 @@ class KeyOut(BaseModel):
             created_at=key.created_at,
             revoked_at=key.revoked_at,
             created_by=key.created_by,
+            flows_only=key.flows_only,
         )
 
 
@@ -78,6 +80,9 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role = Role.DEVELOPER
     name: Annotated[Text, Field(max_length=128)] = ""
+    flows_only: bool = Field(
+        default=False, description="the key may call flows only, never a bare model"
+    )
 
 
 class KeyCreated(KeyOut):

@@ -23,11 +23,14 @@ def create(
         Role.DEVELOPER.value, "--role", help="developer, tenant-admin, auditor or platform-admin"
     ),
     name: str = typer.Option("", "--name", help="a label for the key"),
+    flows_only: bool = typer.Option(
+        False, "--flows-only", help="the key may call flows (flow:NAME) only, never a model"
+    ),
 ) -> None:
     """Create a key and print it; it is not shown again."""
     with control_plane() as control:
         info, plaintext = control.tenants.create_key(
-            tenant, parse_role(role), name, actor=cli_actor()
+            tenant, parse_role(role), name, actor=cli_actor(), flows_only=flows_only
         )
     typer.echo(plaintext)
     error_console.print(
@@ -53,10 +56,11 @@ def list_keys(
             k.name,
             f"{k.created_at:%Y-%m-%d %H:%M}",
             "active" if k.active else "revoked",
+            "yes" if k.flows_only else "",
         )
         for k in keys
     ]
-    columns = ("id", "prefix", "tenant", "role", "name", "created", "status")
+    columns = ("id", "prefix", "tenant", "role", "name", "created", "status", "flows_only")
     print_rows(columns, rows, as_json=as_json)
 
 

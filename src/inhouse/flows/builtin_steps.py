@@ -60,7 +60,7 @@ class PiiMaskStep:
         }
 
     def run(self, context: FlowContext) -> None:
-        masked = mask(context.text, kinds=self._kinds, custom=self._custom)
+        masked = mask(context.text, kinds=self._kinds, custom=self._custom, taken=context.pii)
         if not masked.findings:
             return
         context.text = masked.text

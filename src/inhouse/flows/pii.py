@@ -17,7 +17,7 @@ import ipaddress
 import re
 import unicodedata
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -301,11 +301,13 @@ def mask(
     *,
     kinds: Iterable[PiiKind] | None = None,
     custom: Mapping[str, str | SafePattern] | None = None,
+    taken: Collection[str] = (),
 ) -> Masked:
     """``text`` with each finding replaced by a placeholder such as ``[PHONE_1]``.
 
     The same original value gets the same placeholder throughout the text. Numbering
-    skips placeholders the text already contains, so `restore` gives back the input.
+    skips placeholders the text already contains, so `restore` gives back the input, and
+    those in ``taken`` (given out for another text of the same request).
     """
     findings = detect(text, kinds=kinds, custom=custom)
     parts: list[str] = []
@@ -318,7 +320,7 @@ def mask(
         placeholder = assigned.get((label, finding.value))
         if placeholder is None:
             number = counters.get(label, 0) + 1
-            while f"[{label}_{number}]" in text:
+            while f"[{label}_{number}]" in text or f"[{label}_{number}]" in taken:
                 number += 1
             counters[label] = number
             placeholder = f"[{label}_{number}]"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from inhouse.errors import InvalidRequestError
 from inhouse.flows.context import Block, FlowContext, Stage, Step, StepTrace
@@ -65,6 +65,10 @@ class CompiledFlow:
             )
         run = FlowRun(FlowContext(text=text, user=user))
         _run_steps(self._pre, run, Stage.PRE)
+        for name in self.spec.model.variables:
+            if run.blocked:
+                break
+            variables[name] = self._pre_process_variable(run, name, variables[name])
         if run.blocked:
             return run
         model = self.spec.model
@@ -73,6 +77,19 @@ class CompiledFlow:
         content = model.template.format_map({**variables, "input": run.context.text})
         run.messages.append({"role": "user", "content": content})
         return run
+
+    def _pre_process_variable(self, run: FlowRun, name: str, value: str) -> str:
+        """A template variable goes through the same pre steps as the input (it reaches the
+        model the same way): masked, checked for terms, refused alike. Its PII shares the
+        request's placeholders; a block or a flag counts for the request."""
+        main = run.context
+        context = FlowContext(text=value, user=main.user, pii=main.pii)
+        variable = FlowRun(context)
+        _run_steps(self._pre, variable, Stage.PRE)
+        run.trace += [replace(t, details={**t.details, "variable": name}) for t in variable.trace]
+        main.flags += [flag for flag in context.flags if flag not in main.flags]
+        main.blocked = context.blocked
+        return context.text
 
     def finish(
         self, run: FlowRun, output: str, *, regenerate: Callable[[str], str] | None = None

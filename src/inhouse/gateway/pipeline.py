@@ -23,7 +23,7 @@ import orjson
 from inhouse.config import TenancySettings
 from inhouse.engine.base import Share
 from inhouse.engine.client import Answer, AnswerStream, Caller, EngineRequest, GenerationCall
-from inhouse.errors import EngineUnavailableError, InhouseError
+from inhouse.errors import EngineUnavailableError, InhouseError, PermissionDeniedError
 from inhouse.flows.runner import CompiledFlow
 from inhouse.gateway.admission import Admission
 from inhouse.gateway.context import Endpoint, RequestContext
@@ -99,6 +99,10 @@ class Pipeline:
             flow = trial or await self._flows().published(ctx.principal, model)
             ctx.flow = self._flows().begin(ctx, flow, counted=trial is None)
             model = flow.spec.model.alias
+        elif ctx.principal.flows_only:
+            raise PermissionDeniedError(
+                "this key may call flows only (model: flow:NAME)", param="model", code="flows_only"
+            )
         ctx.target = self.engines.resolve(model, tenant_id=tenant_id)
         ctx.model = ctx.request.model if ctx.flow is not None else ctx.target.name
         ctx.origin = ctx.target.origin

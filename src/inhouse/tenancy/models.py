@@ -33,6 +33,7 @@ class ApiKeyInfo:
     created_at: datetime
     revoked_at: datetime | None
     created_by: str | None = None
+    flows_only: bool = False
 
     @property
     def active(self) -> bool:
@@ -55,6 +56,8 @@ class Principal:
     """When a login session ends."""
     makers: tuple[str, ...] = ()
     """The keys this key was made with, nearest first: their quotas are budgets it shares."""
+    flows_only: bool = False
+    """The key may call flows only (``model: "flow:NAME"``), never a bare model."""
 
     @property
     def logged_in_with_mfa(self) -> bool:

@@ -37,6 +37,7 @@ def _key_info(row: ApiKeyRow, tenant_name: str) -> ApiKeyInfo:
         created_at=row.created_at,
         revoked_at=row.revoked_at,
         created_by=row.created_by,
+        flows_only=row.flows_only,
     )
 
 
@@ -98,11 +99,13 @@ class TenantService:
         *,
         actor: str,
         created_by: str | None = None,
+        flows_only: bool = False,
     ) -> tuple[ApiKeyInfo, str]:
         """Create a key; the plaintext is returned here and never stored.
 
         ``created_by``: the key or person that made it (its budget is shared, and its
-        revocation revokes this key too); ``actor``: who the audit entry names."""
+        revocation revokes this key too); ``actor``: who the audit entry names;
+        ``flows_only``: the key may call flows only (a key made by such a key is too)."""
         tenant = self.get_tenant(tenant_name)
         if role is Role.PLATFORM_ADMIN and not tenant.is_platform:
             raise InvalidRequestError(
@@ -111,6 +114,7 @@ class TenantService:
         new_key = self._hasher.generate()
 
         def create(session: Session) -> tuple[ApiKeyInfo, AuditEvent]:
+            maker = session.get(ApiKeyRow, created_by) if created_by is not None else None
             row = ApiKeyRow(
                 id=new_id("key"),
                 tenant_id=tenant.id,
@@ -120,9 +124,11 @@ class TenantService:
                 key_hash=new_key.key_hash,
                 created_at=utcnow(),
                 created_by=created_by,
+                flows_only=flows_only or (maker is not None and maker.flows_only),
             )
             session.add(row)
-            event = AuditEvent(actor, "key.create", tenant.id, row.id, details={"role": role})
+            details = {"role": role, "flows_only": row.flows_only}
+            event = AuditEvent(actor, "key.create", tenant.id, row.id, details=details)
             return _key_info(row, tenant.name), event
 
         return self._audit.audited(create), new_key.plaintext
@@ -203,6 +209,7 @@ class TenantService:
                 role=Role(row.role),
                 platform=is_platform,
                 makers=_makers(session, row.created_by),
+                flows_only=row.flows_only,
             )
 
     def bootstrap_platform(self, admin_key_file: Path) -> Path | None:

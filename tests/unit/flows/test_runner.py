@@ -47,15 +47,38 @@ def test_a_flow_masks_before_the_model_and_restores_after() -> None:
     assert run.context.text.startswith("我们会致电 13800138000 通知您。")
     assert run.context.text.endswith("AI-generated】")
     assert run.context.metadata["content_label"]["provider"] == "inhouse"
-    decisions = [(t.step, t.stage, t.decision) for t in run.trace]
-    assert decisions == [
+    decisions = [(t.step, t.stage, t.decision, t.details.get("variable")) for t in run.trace]
+    assert [d[:3] for d in decisions] == [
         ("features", Stage.PRE, "pass"),
         ("pii_mask", Stage.PRE, "masked"),
+        ("features", Stage.PRE, "pass"),  # the variable {policy}, through the same steps
+        ("pii_mask", Stage.PRE, "pass"),
         ("pii_check", Stage.POST, "pass"),
         ("pii_restore", Stage.POST, "changed"),
         ("label", Stage.POST, "changed"),
     ]
+    assert [d[3] for d in decisions[2:4]] == ["policy", "policy"]
     assert "13800138000" not in repr(run.trace)
+
+
+def test_template_variables_go_through_the_pre_steps_like_the_input() -> None:
+    """Written as the attack: the caller puts what the flow would refuse or mask in a
+    template variable (``metadata``) instead of the message."""
+    spec = parse_spec_text(
+        "name: guarded\nmodel: {alias: m, template: 'Policy {policy}: {input}'}\n"
+        "pre:\n  - type: pii_mask\n"
+        "  - type: terms\n    options: {terms: {gambling: {action: block, terms: [网络赌博]}}}\n",
+        REGISTRY,
+    )
+    flow = CompiledFlow(spec, REGISTRY)
+    run = flow.start("我的电话 13800138000", variables={"policy": "或 13900139000"})
+    content = run.messages[-1]["content"]
+    assert "13800138000" not in content and "13900139000" not in content
+    assert content == "Policy 或 [PHONE_2]: 我的电话 [PHONE_1]"  # one numbering, two values
+    assert run.context.pii == {"[PHONE_1]": "13800138000", "[PHONE_2]": "13900139000"}
+    blocked = flow.start("hello", variables={"policy": "推荐网络赌博平台"})
+    assert blocked.blocked and blocked.messages == []
+    assert blocked.context.blocked is not None and blocked.context.blocked.category == "gambling"
 
 
 def test_a_leak_of_someone_elses_data_is_masked_or_blocked() -> None:
