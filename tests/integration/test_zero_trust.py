@@ -23,7 +23,7 @@ SESSION_SECONDS = 4
 
 # Each person's code is accepted once per 30-second step: one person per login here,
 # so that the test never waits for the next step.
-PEOPLE = ("root", "mfa", "walk-1", "walk-2", "walk-3")
+PEOPLE = ("root", "mfa", "walk-1", "walk-2", "walk-3", "minter")
 
 
 @dataclass(frozen=True)
@@ -162,3 +162,20 @@ def test_oversized_headers_are_refused_before_any_route(gateway: Gateway) -> Non
     assert response.json()["error"]["code"] == "request_headers_too_large"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert gateway.http.get("/healthz", headers={"X-Padding": "a" * 8_000}).status_code == 200
+
+
+def test_a_person_logged_in_with_mfa_makes_keys_that_end_with_a_password_reset(
+    gateway: Gateway,
+) -> None:
+    token = login(gateway, "minter").json()["token"]
+    made = gateway.http.post(
+        "/admin/tenants/platform/keys", json={"name": "ci"}, headers=bearer(token)
+    )
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    assert gateway.http.get("/v1/models", headers=bearer(key)).status_code == 200
+    password_file = gateway.server.data_dir.parent / "new-password"
+    password_file.write_text("an entirely new passphrase\n")
+    gateway.server.cli("users", "passwd", "minter", "--password-file", str(password_file))
+    time.sleep(1.2)  # past the key cache
+    assert gateway.http.get("/v1/models", headers=bearer(key)).status_code == 401

@@ -92,20 +92,29 @@ def list_users(
     print_rows(["username", "tenant", "role", "state", "id"], rows, as_json=as_json)
 
 
+KEEP_KEYS = typer.Option(
+    False, "--keep-keys", help="keep the API keys the person made (they are revoked otherwise)"
+)
+
+
 @app.command("reset-mfa")
-def reset_mfa(username: str, as_json: bool = JSON_OPTION) -> None:
-    """New TOTP secret (a lost phone); ends the person's sessions."""
+def reset_mfa(username: str, keep_keys: bool = KEEP_KEYS, as_json: bool = JSON_OPTION) -> None:
+    """New TOTP secret (a lost phone); ends the person's sessions and revokes the keys
+    they made, unless --keep-keys."""
     with control_plane() as control:
-        enrolment = control.users.reset_mfa(username, actor=cli_actor())
+        enrolment = control.users.reset_mfa(username, actor=cli_actor(), keep_keys=keep_keys)
     _show_enrolment(enrolment, as_json)
 
 
 @app.command("passwd")
-def passwd(username: str, password_file: Path | None = PASSWORD_FILE) -> None:
-    """Set a new password; ends the person's sessions."""
+def passwd(
+    username: str, password_file: Path | None = PASSWORD_FILE, keep_keys: bool = KEEP_KEYS
+) -> None:
+    """Set a new password; ends the person's sessions and revokes the keys they made,
+    unless --keep-keys."""
     password = _password(password_file)
     with control_plane() as control:
-        control.users.set_password(username, password, actor=cli_actor())
+        control.users.set_password(username, password, actor=cli_actor(), keep_keys=keep_keys)
     console.print(f"password of {username} changed", highlight=False)
 
 

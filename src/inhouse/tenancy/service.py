@@ -186,11 +186,6 @@ class TenantService:
 
         return self._audit.audited(revoke)
 
-    def revoke_keys_made_by(self, creator_id: str) -> int:
-        """Revoke the keys a key or a person made, and the keys those made, and so on."""
-        with self._db.session() as session:
-            return _revoke_made_by(session, [creator_id], utcnow())
-
     def principal_for_plaintext(self, plaintext: str) -> Principal | None:
         key_hash = self._hasher.hash(plaintext)
         with self._db.session() as session:
@@ -235,6 +230,12 @@ class TenantService:
         )
         write_private_file(admin_key_file, plaintext + "\n")
         return admin_key_file
+
+
+def revoke_keys_made_by(session: Session, creator_id: str) -> int:
+    """In the caller's transaction: revoke the keys a key or a person made, and the keys
+    those made, and so on; returns how many."""
+    return _revoke_made_by(session, [creator_id], utcnow())
 
 
 def _revoke_made_by(session: Session, creators: list[str], now: datetime) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -36,7 +37,7 @@ from inhouse.security.totp import matching_step, new_totp_secret, provisioning_u
 from inhouse.store.db import Database
 from inhouse.store.tables import SessionRow, TenantRow, UserRow, as_utc, utcnow
 from inhouse.tenancy.models import Principal, Role
-from inhouse.tenancy.service import TenantService
+from inhouse.tenancy.service import TenantService, revoke_keys_made_by
 
 SESSION_PREFIX = "ihs_"
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
@@ -113,7 +114,8 @@ class UserService:
             )
         password_hash = hash_password(password)
         secret = new_totp_secret()
-        with self._db.session() as session:
+
+        def create(session: Session) -> tuple[UserInfo, AuditEvent]:
             tenant = session.scalar(select(TenantRow).where(TenantRow.name == tenant_name))
             if tenant is None:
                 raise NotFoundError(f"tenant {tenant_name!r} does not exist", param="tenant")
@@ -138,7 +140,9 @@ class UserService:
             row.totp_secret_sealed = self._keyring.encrypt(secret, user_totp_context(row.id))
             session.add(row)
             info = self._info(row, tenant.name)
-        self._record(actor, "user.create", info, role=role.value)
+            return info, _user_event(actor, "user.create", info, "ok", role=role.value)
+
+        info = self._audit.audited(create)
         return Enrolment(info, secret, provisioning_uri(secret, username))
 
     def list_users(self, tenant_name: str | None = None) -> list[UserInfo]:
@@ -148,57 +152,81 @@ class UserService:
         with self._db.session() as session:
             return [self._info(row, name) for row, name in session.execute(query).all()]
 
-    def reset_mfa(self, username: str, *, actor: str) -> Enrolment:
+    def reset_mfa(self, username: str, *, actor: str, keep_keys: bool = False) -> Enrolment:
+        """A new TOTP secret (a lost phone). The person's sessions end, and the keys they
+        made are revoked (whoever reset their MFA may hold them) unless ``keep_keys``."""
         secret = new_totp_secret()
-        with self._db.session() as session:
-            row, tenant_name = self._find(session, username)
+
+        def reset(session: Session, row: UserRow) -> None:
             row.totp_secret_sealed = self._keyring.encrypt(secret, user_totp_context(row.id))
             row.totp_last_step = 0
-            info = self._info(row, tenant_name)
-        self.revoke_sessions(username, actor=actor)
-        self._record(actor, "user.reset_mfa", info)
+
+        info = self._credential_change(
+            username, "user.reset_mfa", reset, actor=actor, keep_keys=keep_keys
+        )
         return Enrolment(info, secret, provisioning_uri(secret, username))
 
-    def set_password(self, username: str, password: str, *, actor: str) -> None:
+    def set_password(
+        self, username: str, password: str, *, actor: str, keep_keys: bool = False
+    ) -> None:
+        """A new password. The person's sessions end, and the keys they made are revoked
+        unless ``keep_keys``."""
         password_hash = hash_password(password)
-        with self._db.session() as session:
-            row, tenant_name = self._find(session, username)
+
+        def change(session: Session, row: UserRow) -> None:
             row.password_hash = password_hash
-            info = self._info(row, tenant_name)
-        self.revoke_sessions(username, actor=actor)
-        self._record(actor, "user.password", info)
+
+        self._credential_change(username, "user.password", change, actor=actor, keep_keys=keep_keys)
 
     def unlock(self, username: str, *, actor: str) -> None:
-        with self._db.session() as session:
+        def unlock(session: Session) -> tuple[None, AuditEvent]:
             row, tenant_name = self._find(session, username)
             row.locked_until = None
             row.failed_logins = 0
-            info = self._info(row, tenant_name)
-        self._record(actor, "user.unlock", info)
+            return None, _user_event(actor, "user.unlock", self._info(row, tenant_name), "ok")
+
+        self._audit.audited(unlock)
 
     def disable(self, username: str, *, actor: str) -> None:
-        with self._db.session() as session:
-            row, tenant_name = self._find(session, username)
+        def disable(session: Session, row: UserRow) -> None:
             row.disabled_at = row.disabled_at or utcnow()
-            info = self._info(row, tenant_name)
-        self.revoke_sessions(username, actor=actor)
-        keys = self._tenants.revoke_keys_made_by(info.id)  # a session may have made keys
-        self._record(actor, "user.disable", info, keys_revoked=keys)
+
+        self._credential_change(username, "user.disable", disable, actor=actor, keep_keys=False)
 
     def revoke_sessions(self, username: str, *, actor: str) -> int:
-        now = utcnow()
-        with self._db.session() as session:
+        def revoke(session: Session) -> tuple[int, AuditEvent | None]:
             row, tenant_name = self._find(session, username)
-            result = session.execute(
-                update(SessionRow)
-                .where(SessionRow.user_id == row.id, SessionRow.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-            count = int(result.rowcount)  # type: ignore[attr-defined]
+            count = _end_sessions(session, row.id)
             info = self._info(row, tenant_name)
-        if count:
-            self._record(actor, "session.revoke", info, sessions=count)
-        return count
+            event = _user_event(actor, "session.revoke", info, "ok", sessions=count)
+            return count, event if count else None
+
+        return self._audit.audited(revoke)
+
+    def _credential_change(
+        self,
+        username: str,
+        action: str,
+        change: Callable[[Session, UserRow], None],
+        *,
+        actor: str,
+        keep_keys: bool,
+    ) -> UserInfo:
+        """A change to how a person proves who they are, in one audited transaction: the
+        change, their sessions ended, and the keys they made revoked (unless kept)."""
+
+        def apply(session: Session) -> tuple[UserInfo, AuditEvent]:
+            row, tenant_name = self._find(session, username)
+            change(session, row)
+            sessions = _end_sessions(session, row.id)
+            keys = 0 if keep_keys else revoke_keys_made_by(session, row.id)
+            info = self._info(row, tenant_name)
+            details: dict[str, object] = {"sessions_ended": sessions, "keys_revoked": keys}
+            if keep_keys:
+                details["keys_kept"] = True  # an admin's explicit choice, on the record
+            return info, _user_event(actor, action, info, "ok", **details)
+
+        return self._audit.audited(apply)
 
     # -- logging in and out -------------------------------------------------------------
 
@@ -363,10 +391,14 @@ class UserService:
             disabled=row.disabled_at is not None,
         )
 
-    def _record(
-        self, actor: str, action: str, user: UserInfo, *, outcome: str = "ok", **details: object
-    ) -> None:
-        self._audit.record(_user_event(actor, action, user, outcome, **details))
+
+def _end_sessions(session: Session, user_id: str) -> int:
+    result = session.execute(
+        update(SessionRow)
+        .where(SessionRow.user_id == user_id, SessionRow.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _user_event(

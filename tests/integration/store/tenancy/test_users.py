@@ -44,7 +44,7 @@ def tenants(db: Database) -> TenantService:
 
 @pytest.fixture
 def audit(db: Database) -> AuditLog:
-    return AuditLog(db, b"s" * 32, keyring_for(db))
+    return audit_for(db)
 
 
 @pytest.fixture
@@ -206,6 +206,45 @@ def test_disabling_a_person_revokes_the_keys_their_sessions_made(
     users.disable("alice", actor="cli:root")
     state = {key.id: key.active for key in tenants.list_keys("bank")}
     assert state == {made.id: False, child.id: False, other.id: True}
+
+
+@pytest.mark.parametrize("reset", ["password", "mfa"])
+def test_resetting_a_persons_credentials_revokes_the_keys_they_made(
+    users: UserService,
+    alice: Enrolment,
+    tenants: TenantService,
+    audit: AuditLog,
+    reset: str,
+) -> None:
+    """Written as the attack: someone who took over a person's login mints keys with it;
+    the person's password (or MFA) is reset, and the keys minted must die with the login."""
+    login = users.login("alice", PASSWORD, code(alice, T0), now=T0)
+    minted, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=alice.user.id, actor="x")
+    kept_by_admin, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=alice.user.id,
+                                          actor="x")  # fmt: skip
+    if reset == "password":
+        users.set_password("alice", "a whole new passphrase", actor="cli:root")
+    else:
+        users.reset_mfa("alice", actor="cli:root")
+    assert users.principal_for_session(login.token, now=T0) is None
+    assert {k.id: k.active for k in tenants.list_keys("bank")} == {
+        minted.id: False,
+        kept_by_admin.id: False,
+    }
+    entry = audit.entries()[-1]
+    assert entry.action in ("user.password", "user.reset_mfa")
+    assert '"keys_revoked": 2' in entry.details and '"sessions_ended": 1' in entry.details
+    assert audit.verify().ok
+
+
+def test_an_admin_may_keep_the_keys_explicitly(
+    users: UserService, alice: Enrolment, tenants: TenantService, audit: AuditLog
+) -> None:
+    kept, _ = tenants.create_key("bank", Role.DEVELOPER, created_by=alice.user.id, actor="x")
+    users.set_password("alice", "a whole new passphrase", actor="cli:root", keep_keys=True)
+    assert tenants.list_keys("bank")[0].active
+    assert '"keys_kept": true' in audit.entries()[-1].details
+    assert kept.id
 
 
 def test_a_rotation_and_rewrap_covers_totp_secrets(
