@@ -157,7 +157,16 @@ class CryptoSettings(BaseModel):
         default=None, description="default: master.key in the data directory"
     )
     rotation_days: float = Field(
-        default=7.0, gt=0.0, description="a new data key is made when the current one is older"
+        default=7.0,
+        gt=0.0,
+        le=90.0,
+        description="a new data key is made when the current one is older (at most 90 days; "
+        "7 in compliance mode)",
+    )
+    next_master_key_file: Path | None = Field(
+        default=None,
+        description="the master key being changed to (inhouse crypto new-master-key): data "
+        "keys it wraps open with it meanwhile; default: master.key.next beside the master key",
     )
     rotation_check_seconds: float = Field(
         default=300.0, gt=0.0, description="how often a gateway checks whether rotation is due"
@@ -418,6 +427,21 @@ class Settings(BaseSettings):
     def master_key_file(self) -> Path:
         configured = self.crypto.master_key_file
         return configured if configured is not None else self.data_dir / "master.key"
+
+    @property
+    def next_master_key_file(self) -> Path:
+        configured = self.crypto.next_master_key_file
+        if configured is not None:
+            return configured
+        return self.master_key_file.with_name(self.master_key_file.name + ".next")
+
+    @property
+    def sqlite_directory(self) -> Path | None:
+        """The directory of the SQLite database file; None on another database."""
+        url = self.resolved_database_url
+        if not url.startswith("sqlite:///"):
+            return None
+        return Path(url.removeprefix("sqlite:///")).resolve().parent
 
     @property
     def secret_key_file(self) -> Path:

@@ -79,3 +79,19 @@ def test_audit_verify_names_the_newest_entries_deleted_after_a_checkpoint(
     erased = cli.cli("audit", "verify", check=False)
     assert erased.returncode == 1
     assert "entries 5 to 6 are missing" in erased.stderr
+
+
+def test_a_new_master_key_rewraps_every_data_key_and_replaces_the_old_one(
+    tmp_path: Path,
+) -> None:
+    cli = InhouseProcess(tmp_path / "data", builtin_model=False)
+    cli.cli("tenants", "create", "alpha")
+    cli.cli("crypto", "rotate")  # two data keys, records under both
+    cli.cli("tenants", "create", "beta")
+    old_key = (cli.data_dir / "master.key").read_text()
+    changed = cli.cli("crypto", "new-master-key")
+    assert "restart every gateway" in changed.stdout
+    assert (cli.data_dir / "master.key").read_text() != old_key
+    assert not (cli.data_dir / "master.key.next").exists()
+    assert "audit chain intact" in cli.cli("audit", "verify").stdout  # sealed details open
+    assert len(cli.cli("crypto", "new-master-key", "--print").stdout.strip()) == 44

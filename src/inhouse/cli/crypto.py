@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import typer
@@ -12,9 +13,11 @@ from inhouse.cli.common import (
     console,
     control_plane,
     error_console,
+    fail,
     print_rows,
+    settings_or_exit,
 )
-from inhouse.security.key_provider import new_master_key_text
+from inhouse.security.key_provider import new_master_key_text, write_next_master_key
 
 app = typer.Typer(help="Encryption at rest: data keys (SM4-GCM) wrapped by a master key; rotation.")
 
@@ -86,6 +89,40 @@ def rewrap(
 
 
 @app.command("new-master-key")
-def new_master_key() -> None:
-    """Print a new random master key (base64), for INHOUSE_MASTER_KEY or a KMS."""
-    typer.echo(new_master_key_text())
+def new_master_key(
+    print_only: bool = typer.Option(
+        False, "--print", help="only print a new random key (base64); change nothing"
+    ),
+) -> None:
+    """Change the master key: every data key is re-wrapped under a new one.
+
+    The new key is written first (next to the current one, 0600); each data key is then
+    re-wrapped in its own transaction, and while this runs a data key opens with either
+    key. Stopped midway (a crash, Ctrl-C), nothing is lost: run it again to finish. With
+    the file provider the new key then replaces the old one; with another provider, put
+    the new key where the provider reads it. Restart every gateway afterwards.
+    """
+    if print_only:
+        typer.echo(new_master_key_text())
+        return
+    settings = settings_or_exit()
+    to = write_next_master_key(settings)
+    with control_plane(settings) as control:
+        left = control.key_rotation.change_master_key(to, cli_actor())
+    if left:
+        raise fail(f"{left} data keys are still under the old master key: run it again")
+    next_file = settings.next_master_key_file
+    if settings.crypto.key_provider == "file":
+        os.replace(next_file, settings.master_key_file)
+        console.print(
+            f"every data key is wrapped under the new master key, now in "
+            f"{settings.master_key_file}; restart every gateway",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"every data key is wrapped under the new master key in {next_file}: put it where "
+        f"the {settings.crypto.key_provider!r} provider reads it, restart every gateway, "
+        "then delete the file",
+        highlight=False,
+    )

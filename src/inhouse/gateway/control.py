@@ -19,7 +19,7 @@ from inhouse.registry.models import ModelRegistry
 from inhouse.security.api_keys import ApiKeyHasher
 from inhouse.security.audit import AuditEvent, AuditLog
 from inhouse.security.audit_anchor import AuditAnchor
-from inhouse.security.key_provider import load_master_key
+from inhouse.security.key_provider import load_master_key, load_next_master_key
 from inhouse.security.key_rotation import KeyRotation
 from inhouse.security.keyring import Keyring
 from inhouse.security.secret_file import resolve_secret_key
@@ -68,7 +68,12 @@ def open_control(settings: Settings) -> Control:
     upgrade_to_head(db.engine)
     secret = resolve_secret_key(settings)
     hasher = ApiKeyHasher(secret)
-    keyring = Keyring(db, load_master_key(settings), settings.crypto.algorithm)
+    keyring = Keyring(
+        db,
+        load_master_key(settings),
+        settings.crypto.algorithm,
+        next_master=load_next_master_key(settings),
+    )
     audit = AuditLog(db, secret, keyring)
     tenants = TenantService(db, hasher, audit)
     secrets = SecretVariables(settings.gateway.secret_variables)

@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
-from inhouse.config import Settings
+from inhouse.config import Environment, Settings
 from inhouse.errors import ConfigurationError
 from inhouse.security.secret_file import write_private_file
 
@@ -97,6 +97,7 @@ class EnvironmentKeyProvider:
 def key_provider(settings: Settings) -> MasterKeyProvider:
     name = settings.crypto.key_provider
     if name == "file":
+        _refuse_key_beside_database(settings)
         return FileKeyProvider(settings.master_key_file)
     if name == "env":
         return EnvironmentKeyProvider(settings)
@@ -113,3 +114,36 @@ def key_provider(settings: Settings) -> MasterKeyProvider:
 
 def load_master_key(settings: Settings) -> MasterKey:
     return key_provider(settings).load()
+
+
+def load_next_master_key(settings: Settings) -> MasterKey | None:
+    """The master key a change (``inhouse crypto new-master-key``) is moving to, while the
+    change is under way: data keys it has re-wrapped open with it."""
+    path = settings.next_master_key_file
+    if not path.exists():
+        return None
+    return FileKeyProvider(path).load()
+
+
+def write_next_master_key(settings: Settings) -> MasterKey:
+    """Start a change of master key: a new one, written (0600, synced) where the keyring
+    looks for it, or the one a change that stopped midway left there."""
+    path = settings.next_master_key_file
+    if not path.exists():
+        write_private_file(path, new_master_key_text() + "\n")
+    return FileKeyProvider(path).load()
+
+
+def _refuse_key_beside_database(settings: Settings) -> None:
+    """In production the master key must not travel with the database: a copy of the
+    SQLite database's directory would otherwise hold both the records and their key."""
+    if settings.environment is not Environment.PRODUCTION:
+        return
+    directory = settings.sqlite_directory
+    key_file = settings.master_key_file.resolve()
+    if directory is not None and key_file.is_relative_to(directory):
+        raise ConfigurationError(
+            f"the master key file {key_file} lies in the database's directory {directory}: "
+            "in production keep it elsewhere (INHOUSE_CRYPTO__MASTER_KEY_FILE) or use the "
+            "env provider or a key management plug-in"
+        )

@@ -9,8 +9,14 @@ from datetime import datetime, timedelta
 
 from inhouse.config import CryptoSettings
 from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.security.key_provider import MasterKey
 from inhouse.security.keyring import Keyring
-from inhouse.security.sealed_columns import RewrapReport, records_per_version, rewrap
+from inhouse.security.sealed_columns import (
+    RewrapReport,
+    records_per_version,
+    rewrap,
+    stale_records_exist,
+)
 from inhouse.store.db import Database
 from inhouse.store.tables import utcnow
 
@@ -144,11 +150,35 @@ class KeyRotation:
         )
         return report
 
+    def change_master_key(
+        self, to: MasterKey, actor: str, should_stop: Callable[[], bool] | None = None
+    ) -> int:
+        """Re-wrap every data key under the master key ``to``; returns how many are left
+        (0: done). Resumable: data keys already under ``to`` are skipped."""
+        done, left = self._keyring.rewrap_data_keys(to, should_stop)
+        self._audit.record(
+            AuditEvent(
+                actor,
+                "crypto.master_key",
+                target=to.source,
+                outcome="ok" if left == 0 else "partial",
+                details={"rewrapped": done, "left": left},
+            )
+        )
+        return left
+
     def rotate_if_due(self, should_stop: Callable[[], bool] | None = None) -> int | None:
         """The schedule: rotate when the current key is older than the period. Only the
-        replica that made the new key audits it and rewraps (until ``should_stop``)."""
+        replica that made the new key audits it and rewraps (until ``should_stop``). A
+        rewrap that stopped midway (a restart, a crash) is taken up again at the next
+        check, until no record is left under an older key."""
         rotated = self._keyring.rotate_if_due(self.period)
         if rotated is None:
+            if self._settings.rewrap_after_rotation and stale_records_exist(
+                self._db, self._keyring
+            ):
+                report = self.rewrap("system", should_stop=should_stop)
+                log.info("resumed a rewrap: %d records re-encrypted", report.total)
             return None
         self._audit.record(
             AuditEvent(

@@ -5,6 +5,10 @@ opening what it sealed until ``inhouse crypto rewrap`` re-seals those records wi
 newest. Data keys are stored wrapped (sealed with a key derived from the master key),
 so the database alone opens nothing. At start-up every stored data key is unwrapped:
 a wrong master key fails there, loudly, and never later on a record.
+
+Changing the master key (``rewrap_data_keys``) re-wraps each data key under the new one,
+one row per transaction. While it is under way (or after it stopped midway) a data key
+opens with either key, so nothing is lost, and running it again finishes the job.
 """
 
 from __future__ import annotations
@@ -59,10 +63,12 @@ class Keyring:
         master: MasterKey,
         algorithm: CipherAlgorithm,
         *,
+        next_master: MasterKey | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._db = db
         self._master = master
+        self._next_master = next_master
         self._algorithm = algorithm
         self._clock = clock
         self._keys: dict[int, DataKey] = {}
@@ -73,16 +79,22 @@ class Keyring:
 
     # -- keys ---------------------------------------------------------------------------
 
-    def _wrapping_key(self, algorithm: CipherAlgorithm) -> bytes:
-        return derive_key(self._master.material, algorithm, _WRAP_PURPOSE)
+    def _wrapping_key(self, algorithm: CipherAlgorithm, master: MasterKey | None = None) -> bytes:
+        return derive_key((master or self._master).material, algorithm, _WRAP_PURPOSE)
+
+    def _open_with(self, master: MasterKey | None, row: DataKeyRow) -> bytes | None:
+        if master is None:
+            return None
+        key = self._wrapping_key(CipherAlgorithm(row.algorithm), master)
+        try:
+            return open_sealed(key, row.wrapped, f"data-key:{row.version}")
+        except DecryptionError:
+            return None
 
     def _unwrap(self, row: DataKeyRow) -> DataKey:
         algorithm = CipherAlgorithm(row.algorithm)
-        try:
-            material = open_sealed(
-                self._wrapping_key(algorithm), row.wrapped, f"data-key:{row.version}"
-            )
-        except DecryptionError:
+        material = self._open_with(self._master, row) or self._open_with(self._next_master, row)
+        if material is None:
             hint = (
                 " It was created just now: restore the master key these data keys were "
                 "wrapped with, and remove the new one."
@@ -93,8 +105,37 @@ class Keyring:
                 f"the master key from {self._master.source} does not open data key "
                 f"version {row.version}: this is not the master key this store was "
                 f"encrypted with.{hint}"
-            ) from None
+            )
         return DataKey(row.version, algorithm, as_utc(row.created_at), material)
+
+    def rewrap_data_keys(
+        self, to: MasterKey, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[int, int]:
+        """Re-wrap every data key under the master key ``to``, one per transaction; returns
+        how many were re-wrapped now and how many are left (stopped early). Keys already
+        under ``to`` are skipped, so a run that stopped midway is finished by the next."""
+        done = left = 0
+        with self._db.session() as session:
+            versions = list(
+                session.scalars(select(DataKeyRow.version).order_by(DataKeyRow.version))
+            )
+        for version in versions:
+            if should_stop is not None and should_stop():
+                left += 1
+                continue
+            with self._db.session() as session:
+                row = session.get(DataKeyRow, version)
+                if row is None or self._open_with(to, row) is not None:
+                    continue
+                key = self._unwrap(row)
+                row.wrapped = seal(
+                    self._wrapping_key(key.algorithm, to),
+                    key.header,
+                    key.material,
+                    f"data-key:{version}",
+                )
+                done += 1
+        return done, left
 
     def refresh(self) -> None:
         """Load data keys made since (by ``inhouse crypto rotate`` or another replica)."""
@@ -124,8 +165,9 @@ class Keyring:
         """Insert the next version; False if another process took that version first."""
         version = self._next_version()
         material = secrets.token_bytes(self._algorithm.key_bytes)
+        # During a change of master key, new data keys are wrapped under the new one.
         wrapped = seal(
-            self._wrapping_key(self._algorithm),
+            self._wrapping_key(self._algorithm, self._next_master),
             Header(version, self._algorithm),
             material,
             f"data-key:{version}",

@@ -99,6 +99,19 @@ def _stale(column: SealedColumn, current_version: int) -> ColumnElement[bool]:
     return or_(sealed_by_other, not_(column.value.like(f"{FORMAT}:%")))
 
 
+def stale_records_exist(db: Database, keyring: Keyring) -> bool:
+    """Whether any record is sealed by an older data key (or not at all): one row at most
+    is read per column."""
+    keyring.refresh()
+    current = keyring.current.version
+    with db.session() as session:
+        for column in SEALED_COLUMNS:
+            query = select(column.key).where(column.value.is_not(None), _stale(column, current))
+            if session.execute(query.limit(1)).first() is not None:
+                return True
+    return False
+
+
 @dataclass(slots=True)
 class RewrapReport:
     rewrapped: dict[str, int] = field(default_factory=dict)
