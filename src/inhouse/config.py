@@ -280,6 +280,21 @@ class FleetSettings(BaseModel):
         "every holder of the token may then add a node for any model name the gateway "
         "does not serve itself",
     )
+    self_registration_urls: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes a self-registering node may have; with "
+        "self_registration_models set too, a node within both is routed at once, any "
+        "other refused; unset: every self-registered node waits for an operator's approval",
+    )
+    self_registration_models: list[str] = Field(
+        default_factory=list, description="model names a self-registering node may serve"
+    )
+    max_registered_capacity: int = Field(
+        default=32, ge=1, description="the most a self-registering node may claim to run"
+    )
+    heartbeat_seconds: float = Field(
+        default=30.0, gt=0.0, description="how often an inhouse node registers itself again"
+    )
     routing: dict[str, Any] = Field(
         default_factory=dict,
         description="the routing policy's settings (edge_max_prompt_tokens, center_tasks, "

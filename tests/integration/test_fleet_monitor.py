@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import httpx
 import pytest
 
 from inhouse.config import FleetSettings, Settings
@@ -210,7 +211,9 @@ def test_a_real_node_registers_itself_and_the_monitor_reads_its_status(
         INHOUSE_FLEET__SELF_REGISTRATION="true",
     )
     gateway.start()
-    node = InhouseProcess(tmp_path / "node", INHOUSE_NODE_TOKEN=TOKEN)
+    node = InhouseProcess(
+        tmp_path / "node", INHOUSE_NODE_TOKEN=TOKEN, INHOUSE_FLEET__HEARTBEAT_SECONDS="0.5"
+    )
     try:
         started = time.monotonic()
         node.start(
@@ -242,6 +245,22 @@ def test_a_real_node_registers_itself_and_the_monitor_reads_its_status(
         monkeypatch.setenv("INHOUSE_NODE_TOKEN", TOKEN)
         control = open_control(Settings(data_dir=gateway.data_dir, builtin_model=False))
 
+        async def waiting(monitor: FleetMonitor) -> None:
+            snapshot = by_name(monitor.snapshots())["edge-1"]
+            assert snapshot.load.observed_at > 0  # polled with the fleet token ...
+            assert not snapshot.available  # ... but never routed before an operator approves
+
+        monitored(control.nodes, DRIVEN, waiting)
+        gateway.cli("nodes", "approve", "edge-1")
+        status = f"{node.base_url}/v1/node/status"
+        deadline = time.monotonic() + 10
+        while httpx.get(status, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200:
+            assert time.monotonic() < deadline, "the node never received its own token"
+            time.sleep(0.2)  # at its next registration, the node takes its own token
+        own = control.nodes.token(control.nodes.get("edge-1"))
+        assert own is not None and own != TOKEN
+        assert httpx.get(status, headers={"Authorization": f"Bearer {own}"}).status_code == 200
+
         async def body(monitor: FleetMonitor) -> None:
             snapshot = by_name(monitor.snapshots())["edge-1"]
             assert snapshot.spec.kind is NodeKind.INHOUSE and snapshot.spec.tier is Tier.EDGE
@@ -259,7 +278,7 @@ def test_a_real_node_registers_itself_and_the_monitor_reads_its_status(
                     "temperature": 0,
                     "messages": [{"role": "user", "content": "Tell me about Paris."}],
                 }
-                headers = {"Authorization": f"Bearer {TOKEN}"}
+                headers = {"Authorization": f"Bearer {own}"}
                 requests = [
                     asyncio.create_task(
                         http.post(
@@ -292,7 +311,8 @@ def test_a_real_node_registers_itself_and_the_monitor_reads_its_status(
             monitored(control.nodes, DRIVEN, body)
         finally:
             control.db.dispose()
-        assert [e.action for e in control.audit.entries()][-1] == "node.register"
+        actions = [e.action for e in control.audit.entries()]
+        assert actions[-2:] == ["node.approve", "node.register"]  # the token handed over
     finally:
         if node.process is not None:
             node.stop()

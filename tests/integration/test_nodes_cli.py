@@ -75,6 +75,7 @@ def test_add_detects_vllm_and_asks_it_for_its_models_with_the_token(tmp_path: Pa
         "labels": "site=shanghai,rack=r12",
         "tenant": "(all)",
         "fallback": "no",
+        "approved": "yes",
     }
     table = process.cli("nodes", "list").stdout
     assert name in table and "Qwen/Qwen2.5-7B-Instruct" in table

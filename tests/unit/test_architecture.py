@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
         "validation",
     },
     "flows": {"fleet", "store", "security", "config", "errors", "validation"},
-    "node": {"engine", "protocol", "monitor", "config", "errors"},
+    "node": {"engine", "protocol", "monitor", "security", "config", "errors"},
 }  # fmt: skip
 """Packages not listed (gateway, api, cli) sit on top and may import those listed."""
 

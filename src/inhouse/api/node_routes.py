@@ -107,6 +107,8 @@ class NodeOut(BaseModel):
     token_env: str
     fallback: bool
     tenant: str | None
+    approved: bool
+    """False: it registered itself and waits for an operator (polled, not routed)."""
 
     @classmethod
     def of(cls, spec: NodeSpec, tenant_names: dict[str, str]) -> NodeOut:
@@ -124,7 +126,16 @@ class NodeOut(BaseModel):
             token_env=spec.token_env,
             fallback=spec.fallback,
             tenant=tenant_names.get(spec.tenant_id) if spec.tenant_id else None,
+            approved=spec.approved,
         )
+
+
+class NodeRegistered(NodeOut):
+    token: str | None = Field(
+        default=None,
+        description="the node's own token, given once after an operator approved it: the "
+        "gateway calls the node with it from now on",
+    )
 
 
 class NodeRegistration(BaseModel):
@@ -213,9 +224,12 @@ def remove_node(name: Text, services: ServicesDep, principal: NodesManager) -> N
     return NodeOut.of(spec, _tenant_names(services))
 
 
-@router.post("/v1/node/register", response_model=NodeOut)
-def register_node(body: NodeRegistration, services: ServicesDep, caller: NodeOrManager) -> NodeOut:
-    """A node announces (or re-announces) itself; upserted by URL."""
+@router.post("/v1/node/register", response_model=NodeRegistered)
+def register_node(
+    body: NodeRegistration, services: ServicesDep, caller: NodeOrManager
+) -> NodeRegistered:
+    """A node announces (or re-announces) itself; upserted by URL, under the operator's
+    policy: a new node waits for approval (``POST /admin/nodes/NAME/approve``)."""
     registration = Registration(
         url=body.url,
         tier=body.tier,
@@ -224,5 +238,13 @@ def register_node(body: NodeRegistration, services: ServicesDep, caller: NodeOrM
         memory_bytes=body.memory_bytes,
         name=body.name,
     )
-    spec = services.control.nodes.register_self(registration, actor=caller)
+    registered = services.control.nodes.register_self(registration, actor=caller)
+    out = NodeOut.of(registered.spec, _tenant_names(services))
+    return NodeRegistered(**out.model_dump(), token=registered.token)
+
+
+@router.post("/admin/nodes/{name}/approve", response_model=NodeOut)
+def approve_node(name: Text, services: ServicesDep, principal: NodesManager) -> NodeOut:
+    """Route to a node that registered itself; it is given its own token."""
+    spec = services.control.nodes.approve(name, actor=principal.key_id)
     return NodeOut.of(spec, _tenant_names(services))

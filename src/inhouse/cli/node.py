@@ -99,6 +99,7 @@ def node(
             model=entry.name,
             token=settings.node_token.get_secret_value(),
             name=node_name,
+            heartbeat_seconds=settings.fleet.heartbeat_seconds,
         )
 
     # Imported here: torch and the server load only for the command that needs them.

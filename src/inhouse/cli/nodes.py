@@ -184,7 +184,7 @@ def list_nodes(as_json: bool = JSON_OPTION) -> None:
         tenant_names = {t.id: t.name for t in control.tenants.list_tenants()}
     rows = [_row(node, tenant_names) for node in nodes]
     columns = ("name", "url", "tier", "kind", "models", "capacity", "memory", "labels",
-               "tenant", "fallback")  # fmt: skip
+               "tenant", "fallback", "approved")  # fmt: skip
     print_rows(columns, rows, as_json=as_json)
 
 
@@ -201,7 +201,17 @@ def _row(node: NodeSpec, tenant_names: Mapping[str, str]) -> tuple[str, ...]:
         ",".join(f"{k}={v}" for k, v in node.labels.items()),
         owner,
         "yes" if node.fallback else "no",
+        "yes" if node.approved else "waiting",
     )
+
+
+@app.command("approve")
+def approve(name: str) -> None:
+    """Route to a node that registered itself (until then it is polled, not routed); it is
+    given its own token at its next registration, which replaces the fleet's for it."""
+    with control_plane() as control:
+        spec = control.nodes.approve(name, actor=cli_actor())
+    console.print(f"approved node {spec.name} ({spec.url})", highlight=False)
 
 
 @app.command("remove")

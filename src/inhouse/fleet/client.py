@@ -150,7 +150,7 @@ class FleetClient:
             tenant: self._policy.merged(overrides)
             for tenant, overrides in settings.fleet.tenant_routing.items()
         }
-        self._clients: dict[tuple[str, str, Priority], UpstreamClient] = {}
+        self._clients: dict[tuple[str, str, Priority, str | None], UpstreamClient] = {}
         self.created = datetime.now(UTC)
         metrics.watch_fleet(self._gauges)
 
@@ -167,7 +167,7 @@ class FleetClient:
             {
                 name
                 for s in self.monitor.snapshots()
-                if s.spec.tenant_id in (None, tenant_id)
+                if s.spec.approved and s.spec.tenant_id in (None, tenant_id)
                 for name in s.spec.models
             }
         )
@@ -175,7 +175,7 @@ class FleetClient:
     def serves(self, model: str, tenant_id: str) -> bool:
         """Whether a registered node (healthy or not) serves the model to the tenant."""
         return any(
-            model in s.spec.models and s.spec.tenant_id in (None, tenant_id)
+            model in s.spec.models and s.spec.approved and s.spec.tenant_id in (None, tenant_id)
             for s in self.monitor.snapshots()
         )
 
@@ -266,13 +266,14 @@ class FleetClient:
         return AnswerStream(_watched(stream, use), release, origin)
 
     def _client(self, spec: NodeSpec, model: str, priority: Priority) -> UpstreamClient:
-        key = (spec.id, model, priority)
+        token = self.monitor.token(spec.id)
+        key = (spec.id, model, priority, token)  # a node's own token replaces the fleet's
         client = self._clients.get(key)
         if client is None:
             client = UpstreamClient(
                 self._session(),
                 spec.url,
-                api_key=self.monitor.token(spec.id),
+                api_key=token,
                 # inhouse nodes order their queue by it; other servers ignore the header
                 headers={"X-Inhouse-Priority": priority.name.lower()},
             )

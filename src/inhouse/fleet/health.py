@@ -226,10 +226,11 @@ def _json(body: bytes) -> Any:
 class _Node:
     """What the monitor holds for one node (mutable, owned by the event loop)."""
 
-    __slots__ = ("breaker", "ejected", "in_flight", "load", "spec")
+    __slots__ = ("breaker", "ejected", "in_flight", "load", "spec", "token")
 
     def __init__(self, spec: NodeSpec, settings: FleetSettings) -> None:
         self.spec = spec
+        self.token: str | None = None
         self.load = NodeLoad()
         self.in_flight = 0
         self.ejected = False
@@ -321,7 +322,12 @@ class FleetMonitor:
         """Every registered node as the scheduler sees it at ``now`` (default: the clock)."""
         at = self._clock() if now is None else now
         return [
-            NodeSnapshot(node.spec, node.load, node.breaker.available(at), node.in_flight)
+            NodeSnapshot(
+                node.spec,
+                node.load,
+                node.spec.approved and node.breaker.available(at),  # unapproved: never routed
+                node.in_flight,
+            )
             for node in self._nodes.values()
         ]
 
@@ -347,8 +353,8 @@ class FleetMonitor:
         return self._node(node_id).spec
 
     def token(self, node_id: str) -> str | None:
-        """The bearer token to send to the node (from the variable its spec names)."""
-        return self._registry.token(self._node(node_id).spec)
+        """The bearer token to send to the node, as of the last registry refresh."""
+        return self._node(node_id).token
 
     def state(self, node_id: str) -> BreakerState:
         return self._node(node_id).breaker.state(self._clock())
@@ -380,13 +386,14 @@ class FleetMonitor:
     async def _reload(self) -> None:
         try:
             specs = await asyncio.to_thread(self._registry.list)
+            tokens = await asyncio.to_thread(self._registry.tokens, specs)
         except Exception as exc:  # the store is down: keep polling the nodes we know
             log.warning("cannot read the node registry: %s", exc)
             return
         nodes: dict[str, _Node] = {}
         for spec in specs:
             node = self._nodes.get(spec.id) or _Node(spec, self._settings)
-            node.spec = spec
+            node.spec, node.token = spec, tokens.get(spec.id)
             nodes[spec.id] = node
         self._nodes = nodes
 
@@ -399,7 +406,7 @@ class FleetMonitor:
             return  # ejected and cooling down, or its probe is under way
         try:
             load = await asyncio.wait_for(
-                self._prober.poll(node.spec, self._registry.token(node.spec)),
+                self._prober.poll(node.spec, node.token),
                 self._settings.poll_timeout_seconds,
             )
         except (InhouseError, TimeoutError) as exc:

@@ -49,6 +49,10 @@ class NodeSpec:
     """Designated fallback: used only when no other node qualifies."""
     tenant_id: str | None = None
     """Owned by one tenant (only it is routed there); None: shared."""
+    approved: bool = True
+    """False for a self-registered node an operator has not approved: polled, not routed."""
+    operator_added: bool = True
+    """Added by an operator (CLI, admin API); else it registered itself."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -25,12 +26,20 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.errors import (
+    ConfigurationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from inhouse.fleet.nodes import NodeKind, NodeSpec
 from inhouse.protocol.types import Tier
 from inhouse.registry.models import MODEL_NAME
 from inhouse.security.api_keys import new_id
 from inhouse.security.audit import AuditEvent, AuditLog
+from inhouse.security.envelope import DecryptionError
+from inhouse.security.keyring import Keyring
 from inhouse.security.secret_variables import SecretVariables
 from inhouse.store.db import Database
 from inhouse.store.tables import NodeRow, TenantRow, utcnow
@@ -182,6 +191,8 @@ def _spec(row: NodeRow) -> NodeSpec:
         token_env=row.token_env,
         fallback=row.fallback,
         tenant_id=row.tenant_id,
+        approved=row.approved,
+        operator_added=not row.registered_by.startswith(SELF_REGISTERED),
     )
 
 
@@ -196,6 +207,39 @@ def _tenant_id(session: Session, tenant: str | None) -> str | None:
 
 def _json(value: Mapping[str, str]) -> str:
     return json.dumps(dict(value), ensure_ascii=False)  # in the order given
+
+
+SELF_REGISTERED = "node:"
+"""``registered_by`` of a node that registered itself (then its name)."""
+
+
+def node_token_context(node_id: str, url: str) -> str:
+    """A node's own token opens only for its entry and its URL."""
+    return f"node:{node_id}:token:{url}"
+
+
+@dataclass(frozen=True, slots=True)
+class SelfRegistrationPolicy:
+    """What a node that registers itself may be (``fleet.self_registration_*``)."""
+
+    url_prefixes: tuple[str, ...] = ()
+    models: frozenset[str] = frozenset()
+    max_capacity: int = 32
+
+    @property
+    def allowlisted(self) -> bool:
+        return bool(self.url_prefixes and self.models)
+
+    def admits(self, url: str, models: Mapping[str, str]) -> bool:
+        return url.startswith(self.url_prefixes) and set(models) <= self.models
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A registration's outcome: the node, and its token when it is handed over now."""
+
+    spec: NodeSpec
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,11 +259,19 @@ class NodeRegistry:
     (400 invalid, 404 unknown, 409 taken) on failure; none returns None for one."""
 
     def __init__(
-        self, db: Database, audit: AuditLog, secrets: SecretVariables | None = None
+        self,
+        db: Database,
+        audit: AuditLog,
+        secrets: SecretVariables | None = None,
+        *,
+        keyring: Keyring | None = None,
+        policy: SelfRegistrationPolicy | None = None,
     ) -> None:
         self._db = db
         self._audit = audit
         self.secrets = secrets or SecretVariables()
+        self._keyring = keyring
+        self.policy = policy or SelfRegistrationPolicy()
 
     def add(
         self,
@@ -259,6 +311,8 @@ class NodeRegistry:
             labels=_json(check_labels(labels or {})),
             token_env=self.secrets.check(token_env, param="token_env"),
             fallback=fallback,
+            approved=True,  # an operator's own node
+            token_delivered=False,
             created_at=now,
             updated_at=now,
             registered_by=actor[:128],
@@ -303,23 +357,36 @@ class NodeRegistry:
 
         return self._audit.audited(remove)
 
-    def register_self(self, registration: Registration, *, actor: str | None = None) -> NodeSpec:
+    def register_self(self, registration: Registration, *, actor: str | None = None) -> Registered:
         """A node registering itself (an ``inhouse node`` with the fleet's token): upsert
-        by URL. A new node is an ``inhouse`` node with the fleet token, named as given or
-        ``host-port``; a known one gets the reported models, capacity and memory (its
-        tier, name, labels and owner stay as first registered). Audited as
-        ``node.register`` (by ``actor``, default ``node:<name>``) when something changed;
-        an unchanged heartbeat writes nothing.
+        by URL, under the operator's policy.
+
+        A new node is an ``inhouse`` node with the fleet token, named as given or
+        ``host-port``, its claimed capacity capped (``max_registered_capacity``). It waits,
+        polled but not routed, until an operator approves it (``approve``), unless the
+        operator allows its URL and models outright (``self_registration_urls`` and
+        ``_models``: any other is refused). A known one gets the reported models, capacity
+        and memory (its tier, name, labels, owner and approval stay). A node an operator
+        added is never changed by a registration. When an approved node has not yet been
+        given its own token, the answer carries it, once. Audited as ``node.register``
+        when something changed; an unchanged heartbeat writes nothing.
         """
         url = normalise_url(registration.url)
         tier = _enum(Tier, registration.tier, "tier")
-        models = _json(check_models(registration.models))
-        capacity = _check_capacity(registration.capacity)
+        models = check_models(registration.models)
+        policy = self.policy
+        if policy.allowlisted and not policy.admits(url, models):
+            raise PermissionDeniedError(
+                "this node's URL or models are not among those the operator allows "
+                "(INHOUSE_FLEET__SELF_REGISTRATION_URLS, _MODELS)",
+                code="node_not_allowed",
+            )
+        stored_models = _json(models)
+        capacity = min(_check_capacity(registration.capacity), policy.max_capacity)
         memory = _check_memory(registration.memory_bytes)
         name = _check_name(registration.name or default_name(url))
-        by = actor or f"node:{name}"
 
-        def register(session: Session) -> tuple[NodeSpec, AuditEvent | None]:
+        def register(session: Session) -> tuple[Registered, AuditEvent | None]:
             row = session.scalar(select(NodeRow).where(NodeRow.url == url))
             if row is None:
                 self._refuse_taken(session, name, url)
@@ -330,28 +397,41 @@ class NodeRegistry:
                     url=url,
                     tier=tier.value,
                     kind=NodeKind.INHOUSE.value,
-                    models=models,
+                    models=stored_models,
                     capacity=capacity,
                     memory_bytes=memory,
                     cost_per_1k_tokens=0.0,
                     labels="{}",
                     token_env=NODE_TOKEN_ENV,
                     fallback=False,
+                    approved=policy.allowlisted,
+                    token_delivered=False,
                     created_at=now,
                     updated_at=now,
-                    registered_by=by[:128],
+                    registered_by=f"{SELF_REGISTERED}{name}"[:128],
                 )
                 session.add(row)
-                changes: dict[str, Any] = {"created": True}
+                changes: dict[str, Any] = {"created": True, "approved": row.approved}
             else:
-                changes = _changes(row, models, capacity, memory)
+                if not row.registered_by.startswith(SELF_REGISTERED):
+                    raise PermissionDeniedError(
+                        f"{url} is node {row.name!r}, added by an operator: a registration "
+                        "cannot change it",
+                        code="node_added_by_operator",
+                    )
+                changes = _changes(row, stored_models, capacity, memory)
                 if changes:
-                    row.models, row.capacity, row.memory_bytes = models, capacity, memory
+                    row.models, row.capacity, row.memory_bytes = stored_models, capacity, memory
                     row.updated_at = utcnow()
+            token = None
+            if row.approved and row.token_sealed is not None and not row.token_delivered:
+                token = self._open_token(row)
+                row.token_delivered = True
+                changes["token_delivered"] = True
             spec = _spec(row)
-            if not changes:
-                return spec, None  # an unchanged heartbeat writes nothing
-            return spec, _event(actor or f"node:{spec.name}", "node.register", spec, changes)
+            by = actor or f"{SELF_REGISTERED}{spec.name}"
+            event = _event(by, "node.register", spec, changes) if changes else None
+            return Registered(spec, token), event
 
         for _ in range(3):  # two replicas taking the first registration at once: retry
             try:
@@ -360,10 +440,59 @@ class NodeRegistry:
                 continue
         raise ConflictError(f"node {name!r} is being registered by someone else; retry")
 
+    def approve(self, name: str, *, actor: str) -> NodeSpec:
+        """Route to a self-registered node, and issue its own token: the gateway calls it
+        with that token from now on (the node receives it once, at its next registration),
+        so the fleet's shared token no longer reaches its traffic."""
+        if self._keyring is None:
+            raise ConfigurationError("approving nodes needs the keyring")
+        keyring = self._keyring
+
+        def approve(session: Session) -> tuple[NodeSpec, AuditEvent]:
+            row = session.scalar(select(NodeRow).where(NodeRow.name == name))
+            if row is None:
+                raise NotFoundError(f"node {name!r} does not exist", param="name")
+            row.approved = True
+            if row.registered_by.startswith(SELF_REGISTERED):
+                token = secrets.token_urlsafe(32)
+                row.token_sealed = keyring.encrypt(token, node_token_context(row.id, row.url))
+                row.token_delivered = False
+            row.updated_at = utcnow()
+            spec = _spec(row)
+            return spec, _event(actor, "node.approve", spec, {})
+
+        return self._audit.audited(approve)
+
     def token(self, spec: NodeSpec) -> str | None:
-        """The bearer token the gateway sends to ``spec``, read from its variable (an
-        allowed one only); None when it is unset or empty."""
-        return self.secrets.read(spec.token_env)
+        """The bearer token the gateway sends to ``spec``: its own, once it has been handed
+        its own, else the one in its variable (an allowed one only); None when unset."""
+        return self.tokens([spec]).get(spec.id)
+
+    def tokens(self, specs: Sequence[NodeSpec]) -> dict[str, str | None]:
+        """``token`` of each node, in one read of the store."""
+        with self._db.session() as session:
+            rows = {
+                row.id: row
+                for row in session.scalars(
+                    select(NodeRow).where(NodeRow.id.in_([spec.id for spec in specs]))
+                )
+            }
+            found: dict[str, str | None] = {}
+            for spec in specs:
+                row = rows.get(spec.id)
+                if row is not None and row.token_sealed is not None and row.token_delivered:
+                    found[spec.id] = self._open_token(row)
+                else:
+                    found[spec.id] = self.secrets.read(spec.token_env)
+            return found
+
+    def _open_token(self, row: NodeRow) -> str | None:
+        if self._keyring is None or row.token_sealed is None:
+            return None
+        try:
+            return self._keyring.decrypt_text(row.token_sealed, node_token_context(row.id, row.url))
+        except DecryptionError:
+            return None  # moved to another URL or tampered with: never sent
 
     def _refuse_taken(self, session: Session, name: str, url: str) -> None:
         taken = session.scalar(select(NodeRow).where((NodeRow.name == name) | (NodeRow.url == url)))

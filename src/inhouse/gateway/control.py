@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from inhouse.config import Settings
-from inhouse.fleet.registry import NodeRegistry
+from inhouse.fleet.registry import NodeRegistry, SelfRegistrationPolicy
 from inhouse.flows.catalogue import default_registry
 from inhouse.flows.store import FlowStore
 from inhouse.registry.models import ModelRegistry
@@ -95,7 +95,17 @@ def open_control(settings: Settings) -> Control:
         keyring=keyring,
         users=UserService(db, hasher, keyring, audit, settings.auth, tenants),
         flows=FlowStore(db, default_registry(), audit),
-        nodes=NodeRegistry(db, audit, secrets),
+        nodes=NodeRegistry(
+            db,
+            audit,
+            secrets,
+            keyring=keyring,
+            policy=SelfRegistrationPolicy(
+                url_prefixes=tuple(settings.fleet.self_registration_urls),
+                models=frozenset(settings.fleet.self_registration_models),
+                max_capacity=settings.fleet.max_registered_capacity,
+            ),
+        ),
         audit_anchor=AuditAnchor(
             audit,
             settings.audit_checkpoint_file,

@@ -22,7 +22,7 @@ from inhouse.config import Settings
 from inhouse.engine.local import LocalEngine
 from inhouse.errors import AuthenticationError, NotFoundError
 from inhouse.monitor.metrics import GatewayMetrics
-from inhouse.node.registration import Registrar, Registration
+from inhouse.node.registration import NodeToken, Registrar, Registration, token_file
 from inhouse.node.service import NodeService
 from inhouse.protocol.bearer import bearer_token
 from inhouse.protocol.body import BodyBounds, parse_generation, read_body
@@ -50,13 +50,18 @@ def create_node_app(
         scheduler = engine.scheduler
         return scheduler.limits.max_running if scheduler else settings.engine.max_running_sequences
 
-    expected = token.encode()
+    accepted = NodeToken(
+        token,
+        token_file(settings.data_dir, registration.advertise_url)
+        if registration is not None
+        else settings.data_dir / "node-token-unregistered",
+    )
     server = settings.server
     bounds = BodyBounds(server.max_messages, server.max_json_values, server.max_prompt_characters)
 
     def authorize(request: Request) -> None:
         given = bearer_token(request.headers.get("authorization")).encode()
-        if not hmac.compare_digest(given, expected):
+        if not hmac.compare_digest(given, accepted.value.encode()):
             raise AuthenticationError("missing or wrong node token")
 
     def priority_of(request: Request) -> Priority:
@@ -100,7 +105,11 @@ def create_node_app(
         registrar = None
         if registration is not None:
             registrar = Registrar(
-                registration, settings.gateway, ready=lambda: engine.ready, capacity=capacity
+                registration,
+                settings.gateway,
+                ready=lambda: engine.ready,
+                capacity=capacity,
+                token=accepted,
             )
             registrar.start()
         gc.freeze()

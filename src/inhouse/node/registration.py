@@ -5,15 +5,22 @@ capacity, memory) to the gateway's ``/v1/node/register`` with the fleet's node t
 and again every 30 seconds as a heartbeat, so that a gateway whose registry lost the
 node (or a new gateway on an empty database) learns it again. A failure is logged and
 retried sooner (5 s, doubling up to the heartbeat interval); it never stops the node.
+
+A node that registers itself waits for an operator's approval; once approved, the
+gateway hands it its own token in the answer to a registration, once. The node keeps it
+(``NodeToken``, in a file only its owner reads) and from then on accepts that token on its
+routes, no longer the fleet's: a holder of the fleet token cannot call it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +29,7 @@ import orjson
 from inhouse.config import GatewaySettings
 from inhouse.engine.remote import create_session
 from inhouse.protocol.types import Tier
+from inhouse.security.secret_file import write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,26 @@ class Registration:
         return body
 
 
+class NodeToken:
+    """The token a node's callers must present: the fleet's, until the gateway hands the
+    node its own (kept in ``path``, owner-readable, across restarts)."""
+
+    def __init__(self, fleet_token: str, path: Path) -> None:
+        self._path = path
+        own = path.read_text().strip() if path.exists() else ""
+        self.value = own or fleet_token
+
+    def replace(self, own: str) -> None:
+        write_private_file(self._path, own + "\n", replace=True)
+        self.value = own
+
+
+def token_file(data_dir: Path, advertise_url: str) -> Path:
+    """Where a node advertised at ``advertise_url`` keeps its own token."""
+    digest = hashlib.sha256(advertise_url.encode()).hexdigest()[:16]
+    return data_dir / f"node-token-{digest}"
+
+
 class Registrar:
     """Runs a ``Registration`` in the background of a node's lifespan."""
 
@@ -75,11 +103,13 @@ class Registrar:
         *,
         ready: Callable[[], bool],
         capacity: Callable[[], int],
+        token: NodeToken | None = None,
     ) -> None:
         self._registration = registration
         self._gateway = gateway
         self._ready = ready
         self._capacity = capacity
+        self._token = token
         self._task: asyncio.Task[None] | None = None
         self.registered = asyncio.Event()
         """Set after the first registration the gateway accepted."""
@@ -133,13 +163,25 @@ class Registrar:
                 timeout=aiohttp.ClientTimeout(total=10),
                 allow_redirects=False,
             ) as response:
+                payload = await response.read()
                 if response.status == 200:
+                    self._take_token(payload)
                     return None
-                return f"it answered {response.status}: {_message(await response.read())}"
+                return f"it answered {response.status}: {_message(payload)}"
         except aiohttp.ClientError as exc:
             return f"unreachable ({type(exc).__name__})"
         except TimeoutError:
             return "no answer within 10 s"
+
+    def _take_token(self, payload: bytes) -> None:
+        """The node's own token, when the answer carries it (once, after approval)."""
+        try:
+            given = orjson.loads(payload).get("token")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if isinstance(given, str) and given and self._token is not None:
+            self._token.replace(given)
+            log.info("the gateway approved this node: its own token replaces the fleet's")
 
 
 def _message(payload: bytes) -> str:

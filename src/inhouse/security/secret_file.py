@@ -12,11 +12,12 @@ from inhouse.config import MIN_SECRET_LENGTH, Environment, Settings
 from inhouse.errors import ConfigurationError
 
 
-def write_private_file(path: Path, content: str) -> None:
+def write_private_file(path: Path, content: str, *, replace: bool = False) -> None:
     """Create ``path``, readable and writable by the owner only, whole or not at all.
 
     The content goes to a private temporary file first and is linked into place, so a
-    reader never sees a half-written file; an existing file raises FileExistsError.
+    reader never sees a half-written file; an existing file raises FileExistsError, or,
+    with ``replace``, is replaced.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -25,9 +26,13 @@ def write_private_file(path: Path, content: str) -> None:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
+        if replace:
+            os.replace(temporary, path)
+            return
         os.link(temporary, path)
     finally:
-        os.unlink(temporary)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
 
 
 def resolve_secret_key(settings: Settings) -> bytes:

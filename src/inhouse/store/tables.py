@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -246,6 +247,12 @@ class NodeRow(Base):
     token_env: Mapped[str] = mapped_column(String(128))
     """The gateway's environment variable holding the node's bearer token (never the token)."""
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    approved: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    """False for a self-registered node until an operator approves it: polled, not routed."""
+    token_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The node's own token, issued at approval, sealed; it replaces ``token_env``'s."""
+    token_delivered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Whether the node has been given its token (once, in a registration's answer)."""
     tenant_id: Mapped[str | None] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True
     )

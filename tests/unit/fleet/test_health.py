@@ -200,8 +200,8 @@ class FakeRegistry:
     def list(self) -> list[NodeSpec]:
         return list(self.specs)
 
-    def token(self, spec: NodeSpec) -> str | None:
-        return f"token-of-{spec.name}"
+    def tokens(self, specs: list[NodeSpec]) -> dict[str, str | None]:
+        return {spec.id: f"token-of-{spec.name}" for spec in specs}
 
 
 def spec(name: str, kind: NodeKind = NodeKind.VLLM) -> NodeSpec:

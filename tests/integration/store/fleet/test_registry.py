@@ -9,11 +9,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError
+from inhouse.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from inhouse.fleet.nodes import NodeKind
 from inhouse.fleet.registry import (
     NodeRegistry,
+    Registered,
     Registration,
+    SelfRegistrationPolicy,
     default_name,
     normalise_url,
 )
@@ -24,7 +26,7 @@ from inhouse.store.db import Database
 from inhouse.store.migrate import upgrade_to_head
 from inhouse.store.tables import Base
 from inhouse.tenancy.service import TenantService
-from tests.keyrings import audit_for
+from tests.keyrings import audit_for, keyring_for
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ def audit(db: Database) -> AuditLog:
 
 @pytest.fixture
 def registry(db: Database, audit: AuditLog) -> NodeRegistry:
-    return NodeRegistry(db, audit)
+    return NodeRegistry(db, audit, keyring=keyring_for(db))
 
 
 def test_the_migration_creates_the_table_as_declared(db: Database) -> None:
@@ -209,19 +211,19 @@ def test_self_registration_upserts_by_url_and_audits_only_changes(
     first = registry.register_self(
         Registration(url="http://10.0.0.5:9000", tier=Tier.EDGE, models={"small": "small"},
                      capacity=32, memory_bytes=16 * 2**30)
-    )  # fmt: skip
+    ).spec  # fmt: skip
     assert (first.name, first.kind, first.url) == ("10.0.0.5-9000", NodeKind.INHOUSE,
                                                   "http://10.0.0.5:9000/v1")  # fmt: skip
     assert first.token_env == "INHOUSE_NODE_TOKEN" and first.capacity == 32
     same = registry.register_self(
         Registration(url="http://10.0.0.5:9000/v1", tier=Tier.EDGE, models={"small": "small"},
                      capacity=32, memory_bytes=16 * 2**30)
-    )  # fmt: skip
+    ).spec  # fmt: skip
     assert same == first
     changed = registry.register_self(
         Registration(url="http://10.0.0.5:9000/v1", tier=Tier.CENTER, models={"big": "big"},
                      capacity=8, memory_bytes=None, name="renamed")
-    )  # fmt: skip
+    ).spec  # fmt: skip
     assert changed.id == first.id and changed.name == "10.0.0.5-9000"  # name and tier stay
     assert (dict(changed.models), changed.capacity, changed.memory_bytes) == ({"big": "big"}, 8,
                                                                              None)  # fmt: skip
@@ -248,3 +250,52 @@ def test_self_registration_cannot_take_another_nodes_name(registry: NodeRegistry
         registry.register_self(
             Registration(url="http://b/v1", tier=Tier.EDGE, models={}, capacity=1)
         )
+
+
+def register(registry: NodeRegistry, url: str, capacity: int = 8, **models: str) -> Registered:
+    return registry.register_self(
+        Registration(url=url, tier=Tier.EDGE, models=models or {"m": "m"}, capacity=capacity)
+    )
+
+
+def test_a_node_token_is_no_master_key_to_the_fleet(
+    registry: NodeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written as the attack: a holder of the fleet's node token registers a node of its
+    own, claims a huge capacity, and re-registers an operator's node to take it over."""
+    monkeypatch.setenv("INHOUSE_NODE_TOKEN", "the-fleet-token-shared-by-all")
+    rogue = register(registry, "http://rogue:9000", capacity=10_000, assistant="assistant")
+    assert rogue.spec.approved is False  # polled, never routed, until an operator approves
+    assert rogue.spec.capacity == 32  # fleet.max_registered_capacity
+    assert rogue.token is None
+    registry.add("http://gpu-1:8000/v1", tier="center", kind="vllm", models={"m": "m"},
+                 actor="cli:ops")  # fmt: skip
+    with pytest.raises(PermissionDeniedError, match="added by an operator"):
+        register(registry, "http://gpu-1:8000/v1", capacity=1, stolen="x")
+    assert dict(registry.get("gpu-1-8000").models) == {"m": "m"}
+
+
+def test_approval_hands_the_node_its_own_token_once(
+    registry: NodeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INHOUSE_NODE_TOKEN", "the-fleet-token-shared-by-all")
+    spec = register(registry, "http://edge-7:9000").spec
+    assert registry.token(spec) == "the-fleet-token-shared-by-all"  # polled with it
+    approved = registry.approve(spec.name, actor="cli:ops")
+    assert approved.approved
+    assert registry.token(spec) == "the-fleet-token-shared-by-all"  # until it has its own
+    handed = register(registry, "http://edge-7:9000").token
+    assert handed is not None and handed != "the-fleet-token-shared-by-all"
+    assert register(registry, "http://edge-7:9000").token is None  # once only
+    assert registry.token(spec) == handed  # the gateway calls it with its own from now on
+
+
+def test_an_operators_allowlist_admits_matching_nodes_and_refuses_others(
+    db: Database, audit: AuditLog
+) -> None:
+    policy = SelfRegistrationPolicy(("http://10.1.",), frozenset({"small"}), 16)
+    registry = NodeRegistry(db, audit, keyring=keyring_for(db), policy=policy)
+    assert register(registry, "http://10.1.0.4:9000", small="small").spec.approved
+    for url, model in (("http://10.9.0.4:9000", "small"), ("http://10.1.0.5:9000", "big")):
+        with pytest.raises(PermissionDeniedError, match="not among"):
+            register(registry, url, **{model: model})
