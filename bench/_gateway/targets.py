@@ -76,7 +76,7 @@ def direct(upstream_url: str) -> Target:
 # --- inhouse ---------------------------------------------------------------------------------
 
 
-def _inhouse_python() -> str:
+def inhouse_python() -> str:
     """A Python that can import ``inhouse``: this one, else the project's ``.venv``."""
     if importlib.util.find_spec("inhouse") is not None:
         return sys.executable
@@ -86,7 +86,7 @@ def _inhouse_python() -> str:
     raise TargetError("the inhouse package is not importable and .venv is missing (make install)")
 
 
-def _inhouse_cli(python: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
+def inhouse_cli(python: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
     cmd = [python, "-m", "inhouse", *args]
     try:
         done = subprocess.run(
@@ -98,6 +98,17 @@ def _inhouse_cli(python: str, args: list[str], env: dict[str, str], cwd: Path) -
         out = (done.stdout + done.stderr).strip()[-800:]
         raise TargetError(f"`inhouse {' '.join(args)}` failed ({done.returncode}): {out}")
     return done.stdout
+
+
+def inhouse_env(data_dir: Path) -> dict[str, str]:
+    """The environment of an ``inhouse`` process of the benchmark on ``data_dir``."""
+    return {
+        **os.environ,
+        **LOOPBACK_NO_PROXY,
+        "INHOUSE_DATA_DIR": str(data_dir),
+        "INHOUSE_BUILTIN_MODEL": "false",
+        "INHOUSE_LOG_LEVEL": "warning",
+    }
 
 
 # Every limit on and far from reached: each request is estimated, reserved and settled.
@@ -122,31 +133,25 @@ def start_inhouse(
     the bench tenant (counted in-process, or in Redis when ``redis_url`` is given);
     ``settings`` are extra ``INHOUSE_*`` variables; ``source``: run the ``inhouse``
     package of this ``src`` directory (another checkout) instead of the installed one."""
-    python = _inhouse_python()
+    python = inhouse_python()
     data_dir = workdir / f"{name}-data"
     data_dir.mkdir()
-    env = {
-        **os.environ,
-        **LOOPBACK_NO_PROXY,
-        "INHOUSE_DATA_DIR": str(data_dir),
-        "INHOUSE_BUILTIN_MODEL": "false",
-        "INHOUSE_LOG_LEVEL": "warning",
-    }
+    env = inhouse_env(data_dir)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     if redis_url is not None:
         env["INHOUSE_REDIS_URL"] = redis_url
     env.update(settings or {})
-    _inhouse_cli(python, ["tenants", "create", "bench"], env, workdir)
+    inhouse_cli(python, ["tenants", "create", "bench"], env, workdir)
     if quotas:
-        _inhouse_cli(python, ["quotas", "set", "bench", *BENCH_QUOTAS], env, workdir)
+        inhouse_cli(python, ["quotas", "set", "bench", *BENCH_QUOTAS], env, workdir)
     keys = KEY_RE.findall(
-        _inhouse_cli(python, ["keys", "create", "--tenant", "bench"], env, workdir)
+        inhouse_cli(python, ["keys", "create", "--tenant", "bench"], env, workdir)
     )
     if not keys:
         raise TargetError("`inhouse keys create` printed no ih_... key")
     add = ["models", "add", "fake", "--url", upstream_url, "--upstream-model", "fake-model"]
-    _inhouse_cli(python, add, env, workdir)
+    inhouse_cli(python, add, env, workdir)
     port = free_port()
     log = workdir / f"{name}.log"
     serve = [python, "-m", "inhouse", "serve", "--host", "127.0.0.1", "--port", str(port)]
