@@ -124,6 +124,7 @@ AIMED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
         },
     ),
     ("DELETE", "/admin/nodes/{name}"): ("/admin/nodes/b-node", {}),
+    ("POST", "/admin/nodes/{name}/approve"): ("/admin/nodes/b-node/approve", {}),
     ("POST", "/v1/node/register"): (
         "/v1/node/register",
         {

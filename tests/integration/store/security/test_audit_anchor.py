@@ -81,3 +81,19 @@ def test_a_checkpoint_of_an_empty_chain_is_nothing(database_url: str, tmp_path: 
     db, _, anchor = chain(database_url, tmp_path, 0)
     assert anchor.checkpoint() is None and anchor.check().ok
     db.dispose()
+
+
+@pytest.mark.parametrize("edited", [1, 15, 30])
+def test_an_edit_anywhere_in_the_chain_is_named(
+    database_url: str, tmp_path: Path, edited: int
+) -> None:
+    db, audit, anchor = chain(database_url, tmp_path, 30)
+    anchor.checkpoint()
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            f"UPDATE audit_events SET target = 'someone else' WHERE seq = {edited}"
+        )
+    found = audit.verify()
+    assert not found.ok and found.first_bad_seq == edited
+    assert found.problem == f"entry {edited} was changed"
+    db.dispose()
